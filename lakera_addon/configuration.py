@@ -1,0 +1,356 @@
+"""Loading and validating the addon's YAML configuration (SPEC sections 1 and 2).
+
+Pure functions: `load_config` reads a file (or nothing, for the built-in defaults) and returns
+an immutable `Config`, or raises `ConfigError` with one line naming the file, the key and what
+is allowed. The mitmproxy addon turns that into an `OptionsError`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import replace
+from typing import Any
+from typing import Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from lakera_addon import protocols
+
+Direction = Literal["input", "output", "both"]
+Action = Literal["block", "alert"]
+FailMode = Literal["skip", "warn", "error"]
+
+DEFAULT_ENDPOINT = "https://api.lakera.ai/v2/guard"
+API_KEY_ENV = "LAKERA_GUARD_API_KEY"
+BUILTIN_SOURCE = "<built-in defaults>"
+ENV_PREFIX = "$env://"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The effective settings of one route (top-level keys, overridden per route)."""
+
+    api_key: str | None = None
+    lakera_endpoint: str = DEFAULT_ENDPOINT
+    project_id: str | None = None
+    direction: Direction = "input"
+    action: Action = "block"
+    fail_open: bool = False
+    timeout: int = 5000
+    ssl_verify: bool = True
+    deny_code: int = 200
+    request_failure_message: str = "Request blocked by Lakera Guard"
+    response_failure_message: str = "Response blocked by Lakera Guard"
+    reveal_failure_categories: bool = False
+    fail_mode: FailMode = "skip"
+    max_body_bytes: int = 8 * 1024 * 1024
+
+    @property
+    def scans_input(self) -> bool:
+        return self.direction in ("input", "both")
+
+    @property
+    def scans_output(self) -> bool:
+        return self.direction in ("output", "both")
+
+    @property
+    def shadow(self) -> bool:
+        """Nothing can block: alert mode that lets Lakera failures through."""
+        return self.action == "alert" and self.fail_open
+
+    def __repr__(self) -> str:  # never show the key
+        shown = {k: getattr(self, k) for k in self.__slots__ if k != "api_key"}
+        key = "set" if self.api_key else "unset"
+        return f"Settings(api_key=<{key}>, {shown})"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    hosts: tuple[str, ...]
+    paths: tuple[str, ...]
+    protocol: str  # "auto" or a protocols.Protocol
+    settings: Settings
+
+    def matches(self, host: str, path: str) -> bool:
+        host = host.lower().rstrip(".")
+        if not any(fnmatch.fnmatchcase(host, pattern) for pattern in self.hosts):
+            return False
+        path = path.split("?", 1)[0]
+        return not self.paths or any(fnmatch.fnmatchcase(path, p) for p in self.paths)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    routes: tuple[Route, ...]
+
+    def route_for(self, hosts: tuple[str, ...], path: str) -> Route | None:
+        """The first route matching any of the request's host names, or None."""
+        for route in self.routes:
+            if any(route.matches(host, path) for host in hosts if host):
+                return route
+        return None
+
+
+# --- value parsers: each returns the parsed value or raises ValueError("what is allowed") ---
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty string")
+    return value
+
+
+def _optional_string(value: object) -> str | None:
+    return None if value is None else _string(value)
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if value not in allowed:
+            raise ValueError(" or ".join(allowed))
+        assert isinstance(value, str)
+        return value
+
+    return parse
+
+
+def _int_range(low: int, high: int, unit: str = "") -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"an integer from {low} to {high}{unit}")
+        return value
+
+    return parse
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_MAX_BODY_LIMIT = 1024**3
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an integer or a size such as `8 MiB`, `512k`, `1m` (binary multiples)."""
+    allowed = "a size in bytes from 1 to 1 GiB, e.g. 8388608 or '8 MiB'"
+    if isinstance(value, bool):
+        raise ValueError(allowed)
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    else:
+        raise ValueError(allowed)
+    if not 1 <= size <= _MAX_BODY_LIMIT:
+        raise ValueError(allowed)
+    return size
+
+
+def _endpoint(value: object) -> str:
+    allowed = "an http:// or https:// URL"
+    if not isinstance(value, str):
+        raise ValueError(allowed)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(allowed)
+    return value
+
+
+def _api_key(value: object, environ: Mapping[str, str]) -> str | None:
+    if value is None:
+        return None
+    allowed = f"a non-empty string or {ENV_PREFIX}NAME of a set environment variable"
+    if not isinstance(value, str) or not value:
+        raise ValueError(allowed)
+    if value.startswith(ENV_PREFIX):
+        name = value[len(ENV_PREFIX) :]
+        resolved = environ.get(name)
+        if not name or not resolved:
+            raise ValueError(f"{allowed} ({value} is not set)")
+        return resolved
+    return value
+
+
+_PARSERS: dict[str, Callable[[object], Any]] = {
+    "lakera_endpoint": _endpoint,
+    "project_id": _optional_string,
+    "direction": _choice("input", "output", "both"),
+    "action": _choice("block", "alert"),
+    "fail_open": _bool,
+    "timeout": _int_range(1, 600_000, " milliseconds"),
+    "ssl_verify": _bool,
+    "deny_code": _int_range(200, 599),
+    "request_failure_message": _string,
+    "response_failure_message": _string,
+    "reveal_failure_categories": _bool,
+    "fail_mode": _choice("skip", "warn", "error"),
+    "max_body_bytes": parse_size,
+}
+SETTING_KEYS = frozenset(_PARSERS) | {"api_key"}
+ROUTE_KEYS = frozenset({"name", "hosts", "paths", "protocol"})
+PROTOCOL_CHOICES = ("auto", *protocols.ALL)
+
+# The well-known providers, guarded when no file is given (SPEC section 1).
+DEFAULT_ROUTES: tuple[dict[str, Any], ...] = (
+    {"name": "openai", "hosts": ["api.openai.com"],
+     "paths": ["/v1/chat/completions", "/v1/responses", "/v1/embeddings"]},
+    {"name": "anthropic", "hosts": ["api.anthropic.com"], "paths": ["/v1/messages"]},
+    {"name": "azure-openai", "hosts": ["*.openai.azure.com", "*.cognitiveservices.azure.com"],
+     "paths": ["*/chat/completions", "*/responses", "*/embeddings"]},
+    {"name": "openrouter", "hosts": ["openrouter.ai"],
+     "paths": ["/api/v1/chat/completions", "/api/v1/responses"]},
+    {"name": "gemini-openai", "hosts": ["generativelanguage.googleapis.com"],
+     "paths": ["/v1beta/openai/chat/completions", "/v1beta/openai/embeddings"]},
+    {"name": "groq", "hosts": ["api.groq.com"], "paths": ["/openai/v1/chat/completions"]},
+    {"name": "mistral", "hosts": ["api.mistral.ai"],
+     "paths": ["/v1/chat/completions", "/v1/embeddings"]},
+    {"name": "deepseek", "hosts": ["api.deepseek.com"],
+     "paths": ["/chat/completions", "/v1/chat/completions"]},
+    {"name": "together", "hosts": ["api.together.xyz"],
+     "paths": ["/v1/chat/completions", "/v1/embeddings"]},
+)
+
+
+def _fail(source: str, key: str, allowed: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {allowed}")
+
+
+def _parse_settings(
+    raw: Mapping[str, Any], base: Settings, where: str, environ: Mapping[str, str]
+) -> Settings:
+    changes: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in SETTING_KEYS:
+            continue
+        try:
+            if key == "api_key":
+                changes[key] = _api_key(value, environ)
+            else:
+                changes[key] = _PARSERS[key](value)
+        except ValueError as e:
+            raise _fail(where, key, f"must be {e}") from e
+    return replace(base, **changes)
+
+
+def _string_list(value: object, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(
+        isinstance(v, str) and v for v in value
+    ):
+        raise ValueError(f"a non-empty list of {what}")
+    return tuple(value)
+
+
+def _parse_route(
+    raw: object, index: int, base: Settings, source: str, environ: Mapping[str, str]
+) -> Route:
+    where = f"{source}: routes[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping with name, hosts and optional paths")
+    try:
+        name = _string(raw.get("name"))
+    except ValueError as e:
+        raise _fail(where, "name", f"must be {e}") from e
+    where = f"{source}: routes[{index}] ({name})"
+    unknown = sorted(str(k) for k in raw if k not in ROUTE_KEYS | SETTING_KEYS)
+    if unknown:
+        raise _fail(where, unknown[0], _unknown_key_help(ROUTE_KEYS | SETTING_KEYS))
+    try:
+        hosts = tuple(h.lower() for h in _string_list(raw.get("hosts"), "host globs"))
+    except ValueError as e:
+        raise _fail(where, "hosts", f"must be {e}") from e
+    paths: tuple[str, ...] = ()
+    if raw.get("paths") is not None:
+        try:
+            paths = _string_list(raw["paths"], "path globs")
+        except ValueError as e:
+            raise _fail(where, "paths", f"must be {e}") from e
+        bad = [p for p in paths if not p.startswith(("/", "*"))]
+        if bad:
+            raise _fail(where, "paths", f"globs must start with / or * (got {bad[0]!r})")
+    protocol = raw.get("protocol", "auto")
+    if protocol not in PROTOCOL_CHOICES:
+        raise _fail(where, "protocol", "must be " + ", ".join(PROTOCOL_CHOICES))
+    settings = _parse_settings(raw, base, where, environ)
+    return Route(name, hosts, paths, protocol, settings)
+
+
+def _unknown_key_help(allowed: frozenset[str]) -> str:
+    return "unknown key; allowed: " + ", ".join(sorted(allowed))
+
+
+def _check_api_key(route: Route, source: str) -> None:
+    settings = route.settings
+    host = (urlsplit(settings.lakera_endpoint).hostname or "").lower()
+    hosted = host == "lakera.ai" or host.endswith(".lakera.ai")
+    if hosted and not settings.api_key:
+        raise _fail(
+            f"{source}: routes ({route.name})",
+            "api_key",
+            f"required for the hosted endpoint {host}: set api_key or {API_KEY_ENV}",
+        )
+
+
+def parse_config(
+    document: object, source: str, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a parsed YAML document (a mapping, or None for an empty file)."""
+    env = os.environ if environ is None else environ
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: the file must hold a mapping of keys (SPEC section 2)")
+    unknown = sorted(str(k) for k in document if k not in SETTING_KEYS | {"routes"})
+    if unknown:
+        raise _fail(source, unknown[0], _unknown_key_help(SETTING_KEYS | {"routes"}))
+    base = Settings(api_key=env.get(API_KEY_ENV) or None)
+    base = _parse_settings(document, base, source, env)
+    raw_routes = document.get("routes", list(DEFAULT_ROUTES))
+    if not isinstance(raw_routes, list) or not raw_routes:
+        raise _fail(source, "routes", "must be a non-empty list of routes")
+    routes = tuple(
+        _parse_route(raw, i, base, source, env) for i, raw in enumerate(raw_routes)
+    )
+    names = [r.name for r in routes]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise _fail(source, "routes", f"route names must be unique ({duplicate!r} repeats)")
+    for route in routes:
+        _check_api_key(route, source)
+    return Config(source, routes)
+
+
+def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the file at `path`; no path means the built-in defaults."""
+    if not path:
+        return parse_config(None, BUILTIN_SOURCE, environ)
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text") from e
+    return parse_config(document, path, environ)

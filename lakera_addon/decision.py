@@ -1,0 +1,65 @@
+"""One decision per scan (SPEC section 5), and the text of a deny (SPEC section 6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lakera_addon.configuration import Settings
+from lakera_addon.lakera_client import Verdict
+
+Side = Literal["request", "response"]
+Outcome = Literal["clean", "flagged", "failure", "unscanned"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    deny: bool
+    reason: str | None = None  # for failures and unscanned flows: why, without any content
+
+    @property
+    def allowed_with_warning(self) -> bool:
+        return not self.deny and self.outcome in ("flagged", "failure")
+
+
+def decide(verdict: Verdict, settings: Settings) -> Decision:
+    if verdict.failure is not None:
+        return Decision("failure", deny=not settings.fail_open, reason=verdict.failure)
+    if verdict.flagged:
+        return Decision("flagged", deny=settings.action == "block")
+    return Decision("clean", deny=False)
+
+
+def decide_failure(reason: str, settings: Settings) -> Decision:
+    """A failure found by the addon itself (a body it cannot screen, too large, cut short)."""
+    return Decision("failure", deny=not settings.fail_open, reason=reason)
+
+
+def _categories(verdict: Verdict) -> str:
+    shown = []
+    for kind in verdict.detector_types:
+        results = {
+            str(e["result"])
+            for e in verdict.breakdown
+            if e.get("detector_type") == kind and e.get("detected") is True and e.get("result")
+        }
+        shown.append(f"{kind} ({', '.join(sorted(results))})" if results else kind)
+    return ", ".join(shown)
+
+
+def deny_text(side: Side, verdict: Verdict | None, settings: Settings) -> str:
+    """The refusal's text: the failure message, plus the categories when configured."""
+    text = (
+        settings.request_failure_message
+        if side == "request"
+        else settings.response_failure_message
+    )
+    if (
+        settings.reveal_failure_categories
+        and verdict is not None
+        and verdict.flagged
+        and verdict.detector_types
+    ):
+        text = f"{text}. Flagged categories: {_categories(verdict)}"
+    return text

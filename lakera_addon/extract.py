@@ -1,0 +1,162 @@
+"""The text of a request, as the `{role, content}` messages Lakera screens (SPEC section 3).
+
+Pure functions over the parsed JSON body. A body of the wrong shape for its protocol raises
+`BodyShapeError` (the addon then applies `fail_mode`); a body with nothing to screen gives [].
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from lakera_addon import protocols
+from lakera_addon.protocols import Protocol
+
+
+class Message(TypedDict):
+    role: str
+    content: str
+
+
+class BodyShapeError(ValueError):
+    """The body is JSON but not of its protocol's shape; the message names what is wrong."""
+
+
+def _role(role: object) -> str:
+    if not isinstance(role, str) or not role:
+        return "user"
+    return "system" if role == "developer" else role
+
+
+def _part_texts(content: object, text_types: tuple[str, ...]) -> list[str]:
+    """Text of string content, or of the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        return []
+    texts = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and part.get("type") in text_types:
+            text = part.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+    return texts
+
+
+def _append(messages: list[Message], role: str, texts: list[str]) -> None:
+    content = " ".join(t for t in texts if t)
+    if content.strip():
+        messages.append({"role": role, "content": content})
+
+
+def _list_field(body: dict[str, object], key: str, protocol: str) -> list[object]:
+    value = body.get(key)
+    if not isinstance(value, list):
+        raise BodyShapeError(f"{protocol} body has no '{key}' list")
+    return value
+
+
+def openai_chat(body: dict[str, object]) -> list[Message]:
+    messages: list[Message] = []
+    for item in _list_field(body, "messages", protocols.OPENAI_CHAT):
+        if not isinstance(item, dict):
+            raise BodyShapeError("openai-chat message is not an object")
+        _append(messages, _role(item.get("role")), _part_texts(item.get("content"), ("text",)))
+    return messages
+
+
+def _anthropic_block_texts(content: object) -> tuple[list[str], list[str]]:
+    """(text of the text blocks, text inside the tool_result blocks)."""
+    if isinstance(content, str):
+        return [content], []
+    if not isinstance(content, list):
+        return [], []
+    texts: list[str] = []
+    tool_texts: list[str] = []
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif block.get("type") == "tool_result":
+            tool_texts.extend(_part_texts(block.get("content"), ("text",)))
+    return texts, tool_texts
+
+
+def anthropic_messages(body: dict[str, object]) -> list[Message]:
+    messages: list[Message] = []
+    _append(messages, "system", _part_texts(body.get("system"), ("text",)))
+    for item in _list_field(body, "messages", protocols.ANTHROPIC_MESSAGES):
+        if not isinstance(item, dict):
+            raise BodyShapeError("anthropic-messages message is not an object")
+        texts, tool_texts = _anthropic_block_texts(item.get("content"))
+        _append(messages, "tool", tool_texts)
+        _append(messages, _role(item.get("role")), texts)
+    return messages
+
+
+_RESPONSES_TEXT_PARTS = ("input_text", "output_text", "text")
+
+
+def _responses_item(messages: list[Message], item: object) -> None:
+    if isinstance(item, str):
+        _append(messages, "user", [item])
+        return
+    if not isinstance(item, dict):
+        raise BodyShapeError("openai-responses input item is not an object")
+    kind = item.get("type")
+    if kind == "function_call_output" or kind == "custom_tool_call_output":
+        _append(messages, "tool", _part_texts(item.get("output"), _RESPONSES_TEXT_PARTS))
+    elif kind in (None, "message"):
+        texts = _part_texts(item.get("content"), _RESPONSES_TEXT_PARTS)
+        _append(messages, _role(item.get("role")), texts)
+
+
+def openai_responses(body: dict[str, object]) -> list[Message]:
+    messages: list[Message] = []
+    _append(messages, "system", _part_texts(body.get("instructions"), ("text",)))
+    value = body.get("input")
+    if isinstance(value, str):
+        _append(messages, "user", [value])
+    elif isinstance(value, list):
+        for item in value:
+            _responses_item(messages, item)
+    elif value is not None:
+        raise BodyShapeError("openai-responses 'input' is neither a string nor a list")
+    return messages
+
+
+def openai_embeddings(body: dict[str, object]) -> list[Message]:
+    value = body.get("input")
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise BodyShapeError("openai-embeddings body has no 'input' string or list")
+    messages: list[Message] = []
+    for item in value:
+        if isinstance(item, str):  # token-id arrays carry no text to screen
+            _append(messages, "user", [item])
+    return messages
+
+
+_EXTRACTORS = {
+    protocols.OPENAI_CHAT: openai_chat,
+    protocols.ANTHROPIC_MESSAGES: anthropic_messages,
+    protocols.OPENAI_RESPONSES: openai_responses,
+    protocols.OPENAI_EMBEDDINGS: openai_embeddings,
+}
+
+
+def request_messages(protocol: Protocol, body: dict[str, object]) -> list[Message]:
+    """The messages to screen for a request body of `protocol`."""
+    return _EXTRACTORS[protocol](body)
+
+
+def request_model(body: dict[str, object]) -> str | None:
+    model = body.get("model")
+    return model if isinstance(model, str) else None
+
+
+def request_streams(protocol: Protocol, body: dict[str, object]) -> bool:
+    return protocol != protocols.OPENAI_EMBEDDINGS and body.get("stream") is True

@@ -1,0 +1,136 @@
+"""The Lakera Guard v2 call and the classification of its answer (SPEC section 4).
+
+One `httpx.AsyncClient` per TLS-verification setting, made on first use on mitmproxy's event
+loop and kept for the addon's lifetime: pooled connections, `trust_env=False` so the call never
+goes through a proxy (on a developer machine `HTTPS_PROXY` often points at this very mitmproxy),
+and one overall deadline per call (connect + send + read) with `asyncio.timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+import httpx
+
+from lakera_addon.configuration import Settings
+from lakera_addon.extract import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one Lakera call established. Exactly one of `flagged`/`failure` is meaningful:
+    `failure` is set (and `flagged` False) when Lakera could not give a verdict."""
+
+    flagged: bool
+    failure: str | None = None
+    detector_types: tuple[str, ...] = ()
+    breakdown: tuple[dict[str, Any], ...] = field(default=(), repr=False)
+    request_uuid: str | None = None
+    latency_ms: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+
+def build_payload(settings: Settings, messages: Sequence[Message]) -> dict[str, Any]:
+    payload: dict[str, Any] = {"messages": list(messages), "breakdown": True}
+    if settings.project_id:
+        payload["project_id"] = settings.project_id
+    return payload
+
+
+def _detected(breakdown: object) -> tuple[tuple[dict[str, Any], ...], tuple[str, ...]]:
+    if not isinstance(breakdown, list):
+        return (), ()
+    entries = tuple(e for e in breakdown if isinstance(e, dict))
+    types: list[str] = []
+    for entry in entries:
+        kind = entry.get("detector_type")
+        if entry.get("detected") is True and isinstance(kind, str) and kind not in types:
+            types.append(kind)
+    return entries, tuple(types)
+
+
+def classify(status: int, body: bytes, latency_ms: float) -> Verdict:
+    """Turn Lakera's HTTP answer into a verdict or a failure."""
+    if not 200 <= status < 300:
+        return Verdict(False, failure=f"Lakera Guard returned status {status}",
+                       latency_ms=latency_ms)
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return Verdict(False, failure="Lakera Guard returned a body that is not JSON",
+                       latency_ms=latency_ms)
+    if not isinstance(document, dict):
+        return Verdict(False, failure="Lakera Guard returned JSON that is not an object",
+                       latency_ms=latency_ms)
+    flagged = document.get("flagged")
+    if not isinstance(flagged, bool):
+        return Verdict(False, failure="Lakera Guard answer has no boolean 'flagged'",
+                       latency_ms=latency_ms)
+    breakdown, types = _detected(document.get("breakdown"))
+    metadata = document.get("metadata")
+    uuid = metadata.get("request_uuid") if isinstance(metadata, dict) else None
+    return Verdict(
+        flagged,
+        detector_types=types,
+        breakdown=breakdown,
+        request_uuid=uuid if isinstance(uuid, str) else None,
+        latency_ms=latency_ms,
+    )
+
+
+class LakeraClient:
+    """Screens messages with Lakera Guard; never raises for a Lakera problem."""
+
+    def __init__(self) -> None:
+        self._clients: dict[bool, httpx.AsyncClient] = {}
+
+    def _client(self, ssl_verify: bool) -> httpx.AsyncClient:
+        client = self._clients.get(ssl_verify)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(
+                trust_env=False,
+                verify=ssl_verify,
+                timeout=None,  # the overall deadline is applied around the whole call
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+                headers={"user-agent": "lakera_addon"},
+            )
+            self._clients[ssl_verify] = client
+        return client
+
+    async def screen(self, settings: Settings, messages: Sequence[Message]) -> Verdict:
+        headers = {"content-type": "application/json"}
+        if settings.api_key:
+            headers["authorization"] = f"Bearer {settings.api_key}"
+        body = json.dumps(build_payload(settings, messages), ensure_ascii=False).encode()
+        client = self._client(settings.ssl_verify)
+        started = time.perf_counter()
+
+        def elapsed() -> float:
+            return round((time.perf_counter() - started) * 1000, 1)
+
+        try:
+            async with asyncio.timeout(settings.timeout / 1000):
+                response = await client.post(
+                    settings.lakera_endpoint, content=body, headers=headers
+                )
+        except TimeoutError:
+            return Verdict(False, failure=f"Lakera Guard did not answer within "
+                           f"{settings.timeout} ms", latency_ms=elapsed())
+        except httpx.HTTPError as e:
+            return Verdict(False, failure=f"failed to reach Lakera Guard: "
+                           f"{type(e).__name__}", latency_ms=elapsed())
+        return classify(response.status_code, response.content, elapsed())
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()

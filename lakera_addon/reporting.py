@@ -1,0 +1,144 @@
+"""What people see (SPEC section 7): log lines, `flow.metadata["lakera"]`, comment and mark.
+
+Nothing here ever receives prompt or answer text, nor the API key: only verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from mitmproxy import http
+
+from lakera_addon.configuration import Route
+from lakera_addon.decision import Decision
+from lakera_addon.decision import Side
+from lakera_addon.lakera_client import Verdict
+
+logger = logging.getLogger("lakera_addon")
+
+METADATA_KEY = "lakera"
+MARK_BLOCKED = ":no_entry:"
+MARK_FLAGGED = ":warning:"
+MARK_FAILURE = ":large_orange_diamond:"
+_MARK_RANK = {MARK_BLOCKED: 3, MARK_FLAGGED: 2, MARK_FAILURE: 1}
+
+
+def flow_label(flow: http.HTTPFlow) -> str:
+    """Method, host and path of a flow, without the query (it may carry a provider key)."""
+    return f"{flow.request.method} {flow.request.host}{flow.request.path.split('?', 1)[0]}"
+
+
+def metadata(flow: http.HTTPFlow) -> dict[str, Any]:
+    entry = flow.metadata.get(METADATA_KEY)
+    if not isinstance(entry, dict):
+        entry = {}
+        flow.metadata[METADATA_KEY] = entry
+    return entry
+
+
+def start(flow: http.HTTPFlow, route: Route, protocol: str | None) -> None:
+    entry = metadata(flow)
+    entry["route"] = route.name
+    entry["protocol"] = protocol
+
+
+def pending(flow: http.HTTPFlow, side: Side) -> None:
+    metadata(flow)[side] = {"verdict": "pending"}
+
+
+def _side_record(decision: Decision, verdict: Verdict | None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "verdict": decision.outcome,
+        "action": "blocked" if decision.deny else "allowed",
+    }
+    if verdict is not None:
+        record["detector_types"] = list(verdict.detector_types)
+        record["request_uuid"] = verdict.request_uuid
+        record["latency_ms"] = verdict.latency_ms
+    if decision.reason:
+        record["failure"] = decision.reason
+    return record
+
+
+def _comment_part(side: Side, record: dict[str, Any]) -> str:
+    verdict = record["verdict"]
+    types = ", ".join(record.get("detector_types") or [])
+    detail = f" ({types})" if verdict == "flagged" and types else ""
+    if verdict == "failure":
+        detail = f" ({record.get('failure')})"
+    if verdict == "unscanned":
+        detail = f" ({record.get('failure')})" if record.get("failure") else ""
+    if record["action"] == "blocked":
+        return f"{side} blocked: {verdict}{detail}"
+    suffix = ", allowed" if verdict in ("flagged", "failure") else ""
+    return f"{side} {verdict}{detail}{suffix}"
+
+
+def _mark_for(record: dict[str, Any]) -> str | None:
+    if record.get("action") == "blocked":
+        return MARK_BLOCKED
+    return {"flagged": MARK_FLAGGED, "failure": MARK_FAILURE}.get(record.get("verdict", ""))
+
+
+def _refresh_view(flow: http.HTTPFlow, entry: dict[str, Any]) -> None:
+    parts = [
+        _comment_part(side, entry[side])
+        for side in ("request", "response")
+        if isinstance(entry.get(side), dict) and entry[side].get("verdict") != "pending"
+    ]
+    if parts:
+        flow.comment = "lakera: " + "; ".join(parts)
+    marks = [m for side in ("request", "response") if (m := _mark_for(entry.get(side) or {}))]
+    if marks:
+        flow.marked = max(marks, key=lambda m: _MARK_RANK[m])
+
+
+def record(
+    flow: http.HTTPFlow,
+    route: Route,
+    side: Side,
+    decision: Decision,
+    verdict: Verdict | None,
+) -> None:
+    """Store the decision on the flow and log it."""
+    entry = metadata(flow)
+    entry[side] = _side_record(decision, verdict)
+    _refresh_view(flow, entry)
+    _log(flow, route, side, decision, verdict)
+
+
+def _log(
+    flow: http.HTTPFlow, route: Route, side: Side, decision: Decision, verdict: Verdict | None
+) -> None:
+    where = f"[{flow_label(flow)} route={route.name}]"
+    allowing = f"blocking {side}" if decision.deny else f"allowing {side}"
+    if decision.outcome == "flagged" and verdict is not None:
+        logger.warning(
+            "%s flagged by Lakera Guard %s: detector types %s; action=%s, %s; "
+            "request_uuid=%s; breakdown=%s",
+            side,
+            where,
+            ", ".join(verdict.detector_types) or "(none reported)",
+            route.settings.action,
+            allowing,
+            verdict.request_uuid,
+            json.dumps(list(verdict.breakdown), separators=(",", ":")),
+        )
+    elif decision.outcome == "failure":
+        level = logging.ERROR if decision.deny else logging.WARNING
+        logger.log(
+            level,
+            "Lakera Guard failure on %s %s: %s; fail_open=%s, %s",
+            side,
+            where,
+            decision.reason,
+            str(route.settings.fail_open).lower(),
+            allowing,
+        )
+    elif decision.outcome == "unscanned":
+        logger.info("%s not screened %s: %s", side, where, decision.reason)
+    else:
+        latency = verdict.latency_ms if verdict else 0.0
+        logger.info("%s clean %s (Lakera %.0f ms)", side, where, latency)

@@ -1,0 +1,81 @@
+"""The stream function of a pass-through stream (SPEC section 5).
+
+mitmproxy calls it synchronously on its event loop, once per chunk and once with b"" at the
+end, and sends whatever it returns to the client. It returns every chunk unchanged, at once,
+and feeds a decoded copy to the protocol's stream assembler. It never raises (an exception in a
+stream function loses that chunk, mitmproxy-addon-notes section 1.3) and never waits.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+import brotli
+import zstandard
+
+from lakera_addon.assembly import StreamAssembler
+from lakera_addon.assembly import StreamResult
+from lakera_addon.protocols import Protocol
+
+Decoder = Callable[[bytes], bytes]
+
+
+def make_decoder(content_encoding: str | None) -> Decoder | None:
+    """An incremental decoder for a Content-Encoding; raises ValueError if unsupported."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        # wbits=47: gzip or zlib header, detected; deflate without header falls back below
+        inflater = zlib.decompressobj(47)
+        return inflater.decompress
+    if encoding == "br":
+        return brotli.Decompressor().process
+    if encoding == "zstd":
+        return zstandard.ZstdDecompressor().decompressobj().decompress
+    raise ValueError(f"unsupported content-encoding {encoding!r}")
+
+
+class StreamTap:
+    """Forwards a streamed response untouched and assembles its text on the side."""
+
+    def __init__(self, protocol: Protocol, content_encoding: str | None, max_bytes: int) -> None:
+        self._assembler = StreamAssembler(protocol)
+        self._max_bytes = max_bytes
+        self._seen = 0
+        self._failure: str | None = None
+        self.ended = False
+        try:
+            self._decode = make_decoder(content_encoding)
+        except ValueError as e:
+            self._decode = None
+            self._failure = f"cannot read the stream: {e}"
+
+    def __call__(self, data: bytes) -> bytes:
+        if not data:
+            self.ended = True
+            return data
+        if self._failure is None:
+            try:
+                self._feed(data)
+            except Exception as e:  # a stream function must never raise
+                self._failure = f"cannot read the stream: {type(e).__name__}"
+        return data
+
+    def _feed(self, data: bytes) -> None:
+        self._seen += len(data)
+        if self._seen > self._max_bytes:
+            self._failure = f"stream larger than max_body_bytes ({self._max_bytes} bytes)"
+            return
+        if self._decode is not None:
+            data = self._decode(data)
+        self._assembler.feed(data)
+
+    def result(self) -> StreamResult:
+        """The assembled stream; a failure to read it is an incomplete result with a reason."""
+        if self._failure is not None:
+            return StreamResult(text="", complete=False, reason=self._failure)
+        if not self.ended:
+            return StreamResult(text="", complete=False, reason="stream did not end")
+        return self._assembler.finish()

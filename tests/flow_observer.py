@@ -1,0 +1,43 @@
+"""A test-only mitmproxy script loaded after the addon: it writes what mitmweb would show of
+each flow that carries an `x-test-id` header (status, lakera metadata, comment, mark) as JSON
+lines, after every hook that can change it, so tests can assert what users see."""
+
+import json
+import os
+
+from mitmproxy import http
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.path = os.environ.get("LAKERA_TEST_OBSERVER", "")
+
+    def _write(self, flow: http.HTTPFlow, hook: str) -> None:
+        test_id = flow.request.headers.get("x-test-id")
+        if not self.path or not test_id:
+            return
+        record = {
+            "id": test_id,
+            "hook": hook,
+            "status": flow.response.status_code if flow.response else None,
+            "lakera": flow.metadata.get("lakera"),
+            "comment": flow.comment,
+            "marked": flow.marked,
+            "error": flow.error.msg if flow.error else None,
+        }
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._write(flow, "response")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._write(flow, "error")
+
+    def update(self, flows: list[http.HTTPFlow]) -> None:
+        for flow in flows:
+            if isinstance(flow, http.HTTPFlow):
+                self._write(flow, "update")
+
+
+addons = [Observer()]

@@ -1,0 +1,168 @@
+"""Starting and stopping a real `mitmdump -s lakera_addon/addon.py` for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ADDON = ROOT / "lakera_addon" / "addon.py"
+OBSERVER = Path(__file__).resolve().parent / "flow_observer.py"
+MITMDUMP = Path(sys.executable).with_name("mitmdump")
+LISTENING = re.compile(r"listening at \S*:(\d+)")
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Proxy:
+    port: int
+    log_path: Path
+    observer_path: Path
+    process: subprocess.Popen[bytes]
+
+    def url(self, prefix: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}" + (f"/{prefix}" if prefix else "")
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_lines(self, needle: str) -> list[str]:
+        return [line for line in self.log().splitlines() if needle in line]
+
+    def wait_for_log(self, needle: str, timeout: float = 10.0) -> list[str]:
+        result: list[str] = wait_until(
+            lambda: self.log_lines(needle), timeout, f"{needle!r} in mitmdump's log"
+        )
+        return result
+
+    def records(self, test_id: str) -> list[dict[str, Any]]:
+        if not self.observer_path.exists():
+            return []
+        lines = self.observer_path.read_text(encoding="utf-8").splitlines()
+        return [r for r in map(json.loads, lines) if r["id"] == test_id]
+
+    def last_record(self, test_id: str) -> dict[str, Any]:
+        records = self.records(test_id)
+        assert records, f"no flow recorded for {test_id}"
+        return records[-1]
+
+    def wait_for_record(
+        self, test_id: str, check: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            return next((r for r in reversed(self.records(test_id)) if check(r)), None)
+
+        result: dict[str, Any] = wait_until(found, timeout, f"a flow record for {test_id}")
+        return result
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def mitmdump_command(
+    config: Path | None, upstream: str, confdir: Path, extra: tuple[str, ...] = ()
+) -> list[str]:
+    command = [
+        str(MITMDUMP),
+        "--mode", f"reverse:{upstream}@0",
+        "--listen-host", "127.0.0.1",
+        "-s", str(ADDON),
+        "-s", str(OBSERVER),
+        "--set", f"confdir={confdir}",
+        "--set", "connection_strategy=lazy",
+    ]
+    if config is not None:
+        command += ["--set", f"lakera_config={config}"]
+    return command + list(extra)
+
+
+@contextmanager
+def run_mitmdump(
+    config: Path | None,
+    upstream: str,
+    workdir: Path,
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Iterator[Proxy]:
+    """Start mitmdump on a free port, wait until it listens, always stop it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "mitmdump.log"
+    observer_path = workdir / "flows.jsonl"
+    environment = {**os.environ, **(env or {}), "LAKERA_TEST_OBSERVER": str(observer_path)}
+    # Proof that the Lakera client ignores proxy variables: if it honoured them, every Lakera
+    # call would go to this dead address and fail.
+    environment.setdefault("HTTP_PROXY", "http://127.0.0.1:9")
+    environment.setdefault("HTTPS_PROXY", "http://127.0.0.1:9")
+    environment.setdefault("ALL_PROXY", "http://127.0.0.1:9")
+    command = mitmdump_command(config, upstream, workdir / "confdir", extra)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=workdir
+        )
+    try:
+        def listening() -> int | None:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"mitmdump exited with {process.returncode}:\n{log_path.read_text()}"
+                )
+            match = LISTENING.search(log_path.read_text(errors="replace"))
+            return int(match.group(1)) if match else None
+
+        port = wait_until(listening, 30, "mitmdump to listen")
+        yield Proxy(port, log_path, observer_path, process)
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def run_mitmdump_once(
+    config: Path | None, workdir: Path, env: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int | None, str]:
+    """Start mitmdump expecting it to refuse to start; (exit code or None if it ran, output)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = mitmdump_command(config, "http://127.0.0.1:9", workdir / "confdir")
+    environment = {**os.environ, **(env or {})}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment, cwd=workdir
+    )
+    try:
+        out, _ = process.communicate(timeout=timeout)
+        return process.returncode, out.decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        stop(process)
+        out = process.stdout.read() if process.stdout else b""
+        return None, out.decode(errors="replace")
