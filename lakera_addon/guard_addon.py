@@ -88,7 +88,7 @@ class LakeraGuard:
         try:
             self.config = load_config(ctx.options.lakera_config or None)
         except ConfigError as e:
-            raise exceptions.OptionsError(f"lakera_config: {e}") from e
+            raise exceptions.OptionsError(f"lakera_config: {e}") from e  # type: ignore[no-untyped-call]
         routes = ", ".join(r.name for r in self.config.routes)
         logger.info("lakera guard active: config %s; routes: %s", self.config.source, routes)
 

@@ -31,7 +31,12 @@ def make_decoder(content_encoding: str | None) -> Decoder | None:
         inflater = zlib.decompressobj(47)
         return inflater.decompress
     if encoding == "br":
-        return brotli.Decompressor().process
+        decompressor = brotli.Decompressor()
+
+        def brotli_decode(data: bytes) -> bytes:
+            return bytes(decompressor.process(data))
+
+        return brotli_decode
     if encoding == "zstd":
         return zstandard.ZstdDecompressor().decompressobj().decompress
     raise ValueError(f"unsupported content-encoding {encoding!r}")

@@ -3,14 +3,30 @@ each flow that carries an `x-test-id` header (status, lakera metadata, comment, 
 lines, after every hook that can change it, so tests can assert what users see."""
 
 import json
+import logging
 import os
 
 from mitmproxy import http
 
 
+class _LogRecorder(logging.Handler):
+    """Records the addon's log records with their level (mitmdump's output shows no level)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = {"id": "log", "level": record.levelname, "message": record.getMessage()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+
 class Observer:
     def __init__(self) -> None:
         self.path = os.environ.get("LAKERA_TEST_OBSERVER", "")
+        if self.path:
+            logging.getLogger("lakera_addon").addHandler(_LogRecorder(self.path))
 
     def _write(self, flow: http.HTTPFlow, hook: str) -> None:
         test_id = flow.request.headers.get("x-test-id")

@@ -64,6 +64,16 @@ class Proxy:
         lines = self.observer_path.read_text(encoding="utf-8").splitlines()
         return [r for r in map(json.loads, lines) if r["id"] == test_id]
 
+    def logged(self, needle: str) -> list[str]:
+        """Levels of the addon's log records whose message contains `needle`."""
+        return [r["level"] for r in self.records("log") if needle in r["message"]]
+
+    def wait_for_logged(self, needle: str, timeout: float = 10.0) -> list[str]:
+        result: list[str] = wait_until(
+            lambda: self.logged(needle), timeout, f"a log record with {needle!r}"
+        )
+        return result
+
     def last_record(self, test_id: str) -> dict[str, Any]:
         records = self.records(test_id)
         assert records, f"no flow recorded for {test_id}"

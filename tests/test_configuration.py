@@ -85,7 +85,8 @@ def test_route_matching_first_match_wins(hosts, path, expected) -> None:
 def test_api_key_is_not_in_repr() -> None:
     settings = Settings(api_key="sk-very-secret")
     assert "sk-very-secret" not in repr(settings)
-    assert "sk-very-secret" not in str(load_config(None, {"LAKERA_GUARD_API_KEY": "sk-very-secret"}))
+    config = load_config(None, {"LAKERA_GUARD_API_KEY": "sk-very-secret"})
+    assert "sk-very-secret" not in str(config)
 
 
 @pytest.mark.parametrize(

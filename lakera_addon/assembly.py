@@ -1,0 +1,242 @@
+"""The assistant's text of an LLM answer, streamed or not (SPEC section 3, "Text of a response").
+
+Streamed text is assembled from the deltas themselves, never from usage events or the
+"done" summaries:
+- openai-chat: `choices[].delta.content`, per choice `index`; terminal `data: [DONE]`.
+- anthropic-messages: `content_block_delta` with a `text_delta`, per content block `index`;
+  terminal `message_stop`.
+- openai-responses: `response.output_text.delta` (and `response.refusal.delta`), per
+  `output_index`/`content_index`; terminal `response.completed`, `response.failed` or
+  `response.incomplete`.
+Texts of several choices / blocks / parts are joined with a blank line, in index order.
+
+An upstream error event ends the stream: it is complete (the error is passed through to the
+client verbatim) and the text that came before it is still screened. A stream that cannot be
+assembled (no recognisable events, data that is not JSON, no terminal event) is incomplete, with
+a short reason that never quotes the content. Nothing here raises, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Final
+
+from lakera_addon.protocols import Protocol
+from lakera_addon.sse_parser import SSEEvent
+from lakera_addon.sse_parser import SSEParser
+
+SEPARATOR: Final = "\n\n"
+
+NO_EVENTS: Final = "no recognisable events in the stream"
+NOT_TERMINATED: Final = "stream ended before its terminal event"
+NOT_JSON: Final = "event data is not JSON"
+NOT_OBJECT: Final = "event data is not a JSON object"
+EMBEDDINGS: Final = "embeddings answers do not stream"
+
+_RESPONSES_TERMINAL: Final = frozenset(
+    {"response.completed", "response.failed", "response.incomplete"}
+)
+_RESPONSES_TEXT: Final = frozenset({"response.output_text.delta", "response.refusal.delta"})
+
+_Key = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    """The assembled text of a stream; `reason` says why it is not complete."""
+
+    text: str
+    complete: bool
+    reason: str | None = None
+
+
+def _index(value: object) -> int:
+    """An index field; anything but an int counts as 0."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return 0
+
+
+def _join(pieces: dict[_Key, list[str]]) -> str:
+    texts = ("".join(pieces[key]) for key in sorted(pieces))
+    return SEPARATOR.join(text for text in texts if text)
+
+
+class StreamAssembler:
+    """Feed the decoded bytes of an SSE answer in chunks; `finish()` gives its text."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+        self._parser = SSEParser()
+        self._pieces: dict[_Key, list[str]] = {}
+        self._recognised = False
+        self._terminated = False
+        self._errored = False
+        self._failure: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The text assembled so far."""
+        return _join(self._pieces)
+
+    @property
+    def terminated(self) -> bool:
+        """The protocol's terminal event (or an error event) was seen."""
+        return self._terminated
+
+    @property
+    def errored(self) -> bool:
+        """The stream ended with the upstream's error event."""
+        return self._errored
+
+    def feed(self, data: bytes) -> None:
+        """Parse one chunk of the (already content-decoded) body."""
+        if self._protocol == "openai-embeddings":
+            return
+        for event in self._parser.feed(data):
+            if self._terminated or self._failure is not None:
+                continue  # after the end, or once the stream cannot be assembled
+            self._event(event)
+
+    def finish(self) -> StreamResult:
+        """End of stream: the result, complete only if the stream reached its end."""
+        if self._protocol == "openai-embeddings":
+            return StreamResult(text="", complete=False, reason=EMBEDDINGS)
+        self._parser.finish()
+        if self._failure is not None:
+            return StreamResult(text="", complete=False, reason=self._failure)
+        if not self._recognised:
+            return StreamResult(text="", complete=False, reason=NO_EVENTS)
+        if not self._terminated:
+            return StreamResult(text="", complete=False, reason=NOT_TERMINATED)
+        return StreamResult(text=self.text, complete=True)
+
+    def _add(self, key: _Key, text: object) -> None:
+        if isinstance(text, str) and text:
+            self._pieces.setdefault(key, []).append(text)
+
+    def _event(self, event: SSEEvent) -> None:
+        if self._protocol == "openai-chat" and event.data.strip() == "[DONE]":
+            self._recognised = True
+            self._terminated = True
+            return
+        try:
+            payload = json.loads(event.data)
+        except (ValueError, RecursionError):
+            self._failure = NOT_JSON
+            return
+        if not isinstance(payload, dict):
+            self._failure = NOT_OBJECT
+            return
+        self._recognised = True
+        if self._protocol == "openai-chat":
+            self._openai_chat(payload)
+        elif self._protocol == "anthropic-messages":
+            self._anthropic(payload, event.event)
+        else:
+            self._responses(payload, event.event)
+
+    def _error(self) -> None:
+        self._terminated = True
+        self._errored = True
+
+    def _openai_chat(self, chunk: dict[str, object]) -> None:
+        if chunk.get("error") is not None:
+            self._error()
+            return
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            return
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                self._add((_index(choice.get("index")), 0), delta.get("content"))
+
+    def _anthropic(self, payload: dict[str, object], name: str) -> None:
+        kind = payload.get("type")
+        if not isinstance(kind, str):
+            kind = name
+        if kind == "error":
+            self._error()
+        elif kind == "message_stop":
+            self._terminated = True
+        elif kind == "content_block_start":
+            block = payload.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "text":
+                self._add((_index(payload.get("index")), 0), block.get("text"))
+        elif kind == "content_block_delta":
+            delta = payload.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                self._add((_index(payload.get("index")), 0), delta.get("text"))
+
+    def _responses(self, payload: dict[str, object], name: str) -> None:
+        kind = payload.get("type")
+        if not isinstance(kind, str):
+            kind = name
+        if kind == "error" or name == "error":
+            self._error()
+        elif kind in _RESPONSES_TERMINAL:
+            self._terminated = True
+        elif kind in _RESPONSES_TEXT:
+            key = (_index(payload.get("output_index")), _index(payload.get("content_index")))
+            self._add(key, payload.get("delta"))
+
+
+def assemble(protocol: Protocol, body: bytes) -> StreamResult:
+    """The assembled text of a whole SSE body."""
+    assembler = StreamAssembler(protocol)
+    assembler.feed(body)
+    return assembler.finish()
+
+
+def _texts_of_parts(parts: object, kinds: dict[str, str]) -> list[str]:
+    """Texts of a list of typed parts; `kinds` maps a part type to its text field."""
+    if not isinstance(parts, list):
+        return []
+    texts: list[str] = []
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        field = kinds.get(kind) if isinstance(kind, str) else None
+        if field is None:
+            continue
+        text = part.get(field)
+        if isinstance(text, str) and text:
+            texts.append(text)
+    return texts
+
+
+_CHAT_PARTS: Final = {"text": "text", "output_text": "text"}
+_ANTHROPIC_BLOCKS: Final = {"text": "text"}
+_RESPONSES_PARTS: Final = {"output_text": "text", "refusal": "refusal"}
+
+
+def response_text(protocol: Protocol, body: object) -> str:
+    """The assistant's text of a non-streamed JSON answer; "" for any unexpected shape."""
+    if not isinstance(body, dict):
+        return ""
+    texts: list[str] = []
+    if protocol == "openai-chat":
+        choices = body.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                if content:
+                    texts.append(content)
+            else:
+                texts.extend(_texts_of_parts(content, _CHAT_PARTS))
+    elif protocol == "anthropic-messages":
+        texts.extend(_texts_of_parts(body.get("content"), _ANTHROPIC_BLOCKS))
+    elif protocol == "openai-responses":
+        output = body.get("output")
+        for item in output if isinstance(output, list) else []:
+            if isinstance(item, dict) and item.get("type") == "message":
+                texts.extend(_texts_of_parts(item.get("content"), _RESPONSES_PARTS))
+    return SEPARATOR.join(texts)

@@ -1,0 +1,285 @@
+"""The answer a deny sends back to the client (SPEC section 6).
+
+A deny is shaped like a normal answer of the client's protocol, streamed or not, so that the
+official SDKs parse it as an ordinary reply (status 200) or raise their usual status error
+(any other status). Embeddings have no place for a refusal, so their deny is always an error.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from typing import Final
+from typing import assert_never
+
+from lakera_addon.protocols import Protocol
+
+DEFAULT_MODEL: Final = "lakera-guard"
+JSON_CONTENT_TYPE: Final = "application/json"
+SSE_CONTENT_TYPE: Final = "text/event-stream; charset=utf-8"
+ERROR_TYPE: Final = "content_policy_violation"
+# Statuses the openai/anthropic SDKs retry on their own (besides connection errors).
+_RETRIED_STATUSES: Final = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class DenyResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def build_deny(
+    protocol: Protocol, text: str, *, status: int, stream: bool, model: str | None
+) -> DenyResponse:
+    """Build the deny for `protocol` carrying `text`, answered with `status`.
+
+    `stream` asks for the protocol's event-stream form (ignored for embeddings); `model` is the
+    request's model, echoed back (DEFAULT_MODEL when unknown)."""
+    model_name = model or DEFAULT_MODEL
+    if protocol == "openai-embeddings":
+        status = status if status >= 400 else 400
+        return _response(status, _json_bytes(_openai_error(text)), streamed=False)
+    if stream:
+        if protocol == "openai-chat":
+            body = _sse_data(_chat_chunks(text, model_name))
+        elif protocol == "anthropic-messages":
+            body = _sse_named(_anthropic_events(text, model_name))
+        elif protocol == "openai-responses":
+            body = _sse_named(_responses_events(text, model_name))
+        else:
+            assert_never(protocol)
+        return _response(status, body, streamed=True)
+    if protocol == "openai-chat":
+        answer = _chat_completion(text, model_name)
+    elif protocol == "anthropic-messages":
+        answer = _anthropic_message(text, model_name)
+    elif protocol == "openai-responses":
+        answer = _responses_response(text, model_name, _new_id("resp_"), _new_id("msg_"))
+    else:
+        assert_never(protocol)
+    if status >= 400 and protocol != "anthropic-messages":
+        # The openai SDK raises on such a status and reads only `error` from the body (the
+        # whole body when there is no `error` key): without this a Response object's
+        # `"error": null` would drop the text, and a chat completion's would not reach the
+        # exception's message.
+        answer.update(_openai_error(text))
+    return _response(status, _json_bytes(answer), streamed=False)
+
+
+def sdk_would_retry(status: int) -> bool:
+    """Whether the SDKs retry `status` unless the answer says `x-should-retry: false`."""
+    return status in _RETRIED_STATUSES or status >= 500
+
+
+# --- framing -------------------------------------------------------------------------------
+
+
+def _response(status: int, body: bytes, streamed: bool) -> DenyResponse:
+    headers = {
+        "content-type": SSE_CONTENT_TYPE if streamed else JSON_CONTENT_TYPE,
+        "x-lakera-guard": "blocked",
+    }
+    if streamed:
+        headers["cache-control"] = "no-cache"
+    if sdk_would_retry(status):
+        headers["x-should-retry"] = "false"
+    return DenyResponse(status=status, headers=headers, body=body)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_bytes(value: Any) -> bytes:
+    return _json(value).encode("utf-8")
+
+
+def _sse_data(payloads: Iterable[Mapping[str, Any] | str]) -> bytes:
+    """Bare `data:` events (openai chat style); a str payload is sent verbatim (`[DONE]`)."""
+    datas = (p if isinstance(p, str) else _json(p) for p in payloads)
+    return "".join(f"data: {d}\n\n" for d in datas).encode("utf-8")
+
+
+def _sse_named(events: Iterable[Mapping[str, Any]]) -> bytes:
+    """`event: <type>` + `data:` events, the type taken from each payload's `type`."""
+    return "".join(f"event: {e['type']}\ndata: {_json(e)}\n\n" for e in events).encode("utf-8")
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+# --- openai errors ---------------------------------------------------------------------------
+
+
+def _openai_error(text: str) -> dict[str, Any]:
+    """OpenAI's error envelope: the SDK raises with `message` in the exception text."""
+    return {"error": {"message": text, "type": ERROR_TYPE, "param": None, "code": ERROR_TYPE}}
+
+
+# --- openai chat completions -----------------------------------------------------------------
+
+
+def _chat_completion(text: str, model: str) -> dict[str, Any]:
+    return {
+        "id": _new_id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
+
+
+def _chat_chunks(text: str, model: str) -> list[dict[str, Any] | str]:
+    base = {
+        "id": _new_id("chatcmpl-"),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {**base, "choices": [choice]}
+
+    return [
+        chunk({"role": "assistant", "content": "", "refusal": None}, None),
+        chunk({"content": text}, None),
+        chunk({}, "stop"),
+        "[DONE]",
+    ]
+
+
+# --- anthropic messages ----------------------------------------------------------------------
+
+
+def _anthropic_message(text: str, model: str) -> dict[str, Any]:
+    return {
+        "id": _new_id("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+    }
+
+
+def _anthropic_events(text: str, model: str) -> list[dict[str, Any]]:
+    message = _anthropic_message(text, model)
+    message.update(content=[], stop_reason=None)
+    return [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 0},
+        },
+        {"type": "message_stop"},
+    ]
+
+
+# --- openai responses ------------------------------------------------------------------------
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _output_message(item_id: str, text: str | None) -> dict[str, Any]:
+    """The assistant message item; `text` None is the item as first announced (no content)."""
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": "in_progress" if text is None else "completed",
+        "content": [] if text is None else [_output_text(text)],
+    }
+
+
+def _responses_response(
+    text: str, model: str, response_id: str, item_id: str, *, done: bool = True
+) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": now,
+        "status": "completed" if done else "in_progress",
+        "completed_at": now if done else None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "max_output_tokens": None,
+        "model": model,
+        "output": [_output_message(item_id, text)] if done else [],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "temperature": None,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": None,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": 0,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": 0,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 0,
+        }
+        if done
+        else None,
+        "metadata": {},
+        "user": None,
+    }
+
+
+def _responses_events(text: str, model: str) -> list[dict[str, Any]]:
+    response_id = _new_id("resp_")
+    item_id = _new_id("msg_")
+    at = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    events: list[dict[str, Any]] = [
+        {
+            "type": "response.created",
+            "response": _responses_response(text, model, response_id, item_id, done=False),
+        },
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": _output_message(item_id, None),
+        },
+        {"type": "response.content_part.added", **at, "part": _output_text("")},
+        {"type": "response.output_text.delta", **at, "delta": text, "logprobs": []},
+        {"type": "response.output_text.done", **at, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **at, "part": _output_text(text)},
+        {
+            "type": "response.output_item.done",
+            "output_index": 0,
+            "item": _output_message(item_id, text),
+        },
+        {
+            "type": "response.completed",
+            "response": _responses_response(text, model, response_id, item_id),
+        },
+    ]
+    return [{**event, "sequence_number": n} for n, event in enumerate(events)]

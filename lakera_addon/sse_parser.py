@@ -1,0 +1,163 @@
+"""An incremental Server-Sent Events parser over raw bytes (WHATWG event-stream rules).
+
+Written here rather than taken from a library because the SSE parsers on PyPI (httpx-sse, the
+decoders inside the openai and anthropic SDKs, sseclient-py) either decode lines of an httpx
+response or pull from an iterator, while a mitmproxy stream function pushes raw byte chunks
+one at a time and needs the events back at once.
+
+Rules followed (https://html.spec.whatwg.org/multipage/server-sent-events.html):
+- UTF-8, decoded incrementally with errors replaced; one leading BOM is stripped.
+- Lines end with LF, CRLF or CR, and with nothing else; a CR ending one chunk and an LF
+  starting the next are one line end.
+- A blank line dispatches the event; an event without data lines is not dispatched.
+- Lines starting with ":" are comments. "name: value" loses one space after the colon; a line
+  without a colon is a field with an empty value. Fields: data, event, id, retry.
+- At the end of the stream an unfinished event is discarded, never dispatched.
+
+Work is linear in the input: only the unfinished tail of the last line is kept (appended to in
+place, so a long line fed in tiny chunks is neither re-scanned nor re-copied), and each
+character is scanned for line ends once.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import re
+from dataclasses import dataclass
+from typing import Final
+
+_LINE_END: Final = re.compile(r"\r\n|\r|\n")
+_BOM: Final = "\ufeff"
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched event."""
+
+    event: str
+    data: str
+    id: str | None
+    retry: int | None
+
+
+class SSEParser:
+    """Feed raw bytes in chunks of any size; get back the events they complete."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._bom_checked = False
+        self._cr_pending = False  # the last character seen was a CR
+        self._tail = io.StringIO()  # the unfinished last line, appended to in place
+        self._tail_len = 0
+        self._bytes_seen = 0
+        # the event being built
+        self._data: list[str] = []
+        self._event_type = ""
+        self._retry: int | None = None
+        self._fields_seen = False
+        # kept across events, as the spec's "last event ID buffer"
+        self._last_event_id: str | None = None
+
+    @property
+    def bytes_seen(self) -> int:
+        """How many bytes were fed."""
+        return self._bytes_seen
+
+    @property
+    def pending(self) -> bool:
+        """True if some fed data belongs to a line or an event not yet dispatched."""
+        undecoded, _ = self._decoder.getstate()
+        return bool(self._tail_len or self._fields_seen or undecoded)
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """Parse one chunk; return the events it completes, in order."""
+        self._bytes_seen += len(data)
+        return self._feed_text(self._decoder.decode(data))
+
+    def finish(self) -> list[SSEEvent]:
+        """End of stream: an unfinished line or event is discarded (never dispatched)."""
+        self._decoder.decode(b"", final=True)
+        self._decoder.reset()
+        self._tail = io.StringIO()
+        self._tail_len = 0
+        self._cr_pending = False
+        self._reset_event()
+        return []
+
+    def _feed_text(self, text: str) -> list[SSEEvent]:
+        if not text:
+            return []
+        if not self._bom_checked:
+            self._bom_checked = True
+            if text.startswith(_BOM):
+                text = text[1:]
+                if not text:
+                    return []
+        if self._cr_pending and text.startswith("\n"):
+            text = text[1:]  # the LF of a CRLF split across chunks
+            if not text:
+                self._cr_pending = False
+                return []
+        self._cr_pending = text.endswith("\r")
+        parts = _LINE_END.split(text)
+        if len(parts) == 1:
+            self._tail.write(text)
+            self._tail_len += len(text)
+            return []
+        events: list[SSEEvent] = []
+        first = parts[0]
+        if self._tail_len:
+            self._tail.write(first)
+            first = self._tail.getvalue()
+            self._tail = io.StringIO()
+        self._line(first, events)
+        for i in range(1, len(parts) - 1):
+            self._line(parts[i], events)
+        last = parts[-1]
+        self._tail.write(last)
+        self._tail_len = len(last)
+        return events
+
+    def _line(self, line: str, events: list[SSEEvent]) -> None:
+        if not line:
+            self._dispatch(events)
+            return
+        if line.startswith(":"):
+            return
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+            self._fields_seen = True
+        elif name == "event":
+            self._event_type = value
+            self._fields_seen = True
+        elif name == "id":
+            if "\0" not in value:
+                self._last_event_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            try:
+                self._retry = int(value)
+            except ValueError:  # more digits than int() accepts from a string
+                return
+            self._fields_seen = True
+
+    def _dispatch(self, events: list[SSEEvent]) -> None:
+        if self._data:
+            events.append(
+                SSEEvent(
+                    event=self._event_type or "message",
+                    data="\n".join(self._data),
+                    id=self._last_event_id,
+                    retry=self._retry,
+                )
+            )
+        self._reset_event()
+
+    def _reset_event(self) -> None:
+        self._data = []
+        self._event_type = ""
+        self._retry = None
+        self._fields_seen = False

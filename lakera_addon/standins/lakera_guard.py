@@ -1,0 +1,151 @@
+"""A local stand-in for Lakera Guard's v2 screening endpoint, for tests and the demo.
+
+It is NOT a replacement for Lakera Guard: it flags a few fixed trigger phrases and nothing else.
+It answers in the shape of the real `POST /v2/guard` (reference/lakera-guard-api.md section 3),
+checks the bearer key, records every body it was sent, and has switches, given as words in the
+screened text, for the failures the addon must handle:
+
+  lakera-sleep-<ms>   answer after <ms> milliseconds
+  lakera-500 / -429 / -503 / -401   answer with that status
+  lakera-notjson      200 with a body that is not JSON
+  lakera-noflag       200 with a JSON object without `flagged`
+  lakera-array        200 with a JSON array
+  lakera-truncated    200 whose JSON body is cut short (the connection closes)
+  lakera-trickle      200 whose body arrives one byte every 100 ms
+  lakera-huge         200 with a multi-megabyte breakdown
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from typing import Any
+
+from lakera_addon.standins.httpserver import BackgroundServer
+from lakera_addon.standins.httpserver import Request
+from lakera_addon.standins.httpserver import Writer
+
+ATTACK_TRIGGER = "ignore all previous instructions"
+PII_TRIGGER = "4111 1111 1111 1111"
+PROFANITY_TRIGGER = "lakera-profanity"
+
+# (trigger, detector_type, detector_id)
+DETECTORS = (
+    (ATTACK_TRIGGER, "prompt_attack", "detector-lakera-pinj"),
+    (PII_TRIGGER, "pii/credit_card", "detector-lakera-pii-credit-card"),
+    (PROFANITY_TRIGGER, "moderated_content/profanity", "detector-lakera-moderation"),
+)
+_SLEEP = re.compile(r"lakera-sleep-(\d+)")
+_STATUS = re.compile(r"lakera-(401|429|500|503)\b")
+
+
+def _text(document: Any) -> str:
+    if not isinstance(document, dict) or not isinstance(document.get("messages"), list):
+        return ""
+    return "\n".join(
+        str(m.get("content", "")) for m in document["messages"] if isinstance(m, dict)
+    )
+
+
+def verdict(document: Any) -> dict[str, Any]:
+    """The stand-in's answer to a screening request: which triggers appear in which message."""
+    messages = document.get("messages") if isinstance(document, dict) else None
+    messages = messages if isinstance(messages, list) else []
+    project = document.get("project_id") if isinstance(document, dict) else None
+    breakdown = []
+    payload = []
+    for index, message in enumerate(messages):
+        content = str(message.get("content", "")) if isinstance(message, dict) else ""
+        for trigger, kind, detector in DETECTORS:
+            at = content.lower().find(trigger)
+            breakdown.append({
+                "project_id": project or "project-standin",
+                "policy_id": "policy-lakera-default",
+                "detector_id": detector,
+                "detector_type": kind,
+                "detected": at >= 0,
+                "message_id": index,
+            })
+            if at >= 0 and kind.startswith("pii/"):
+                payload.append({"start": at, "end": at + len(trigger),
+                                "text": content[at:at + len(trigger)],
+                                "detector_type": kind, "labels": [], "message_id": index})
+    answer: dict[str, Any] = {
+        "flagged": any(e["detected"] for e in breakdown),
+        "metadata": {"request_uuid": str(uuid.uuid4())},
+    }
+    if isinstance(document, dict) and document.get("breakdown"):
+        answer["breakdown"] = breakdown
+    if isinstance(document, dict) and document.get("payload"):
+        answer["payload"] = payload
+    return answer
+
+
+class LakeraGuardStandin(BackgroundServer):
+    """Lakera Guard v2 stand-in on loopback. `received` holds every JSON body it was sent."""
+
+    def __init__(self, api_key: str | None = "test-lakera-key", port: int = 0) -> None:
+        super().__init__(self._app, port=port)
+        self.api_key = api_key
+        self.received: list[Any] = []
+        self.delay_s = 0.0  # added to every answer (benchmarks, pass-through timing)
+        self.force_status: int | None = None
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def _app(self, request: Request, out: Writer) -> None:
+        if request.method != "POST" or not request.path.split("?")[0].endswith("/guard"):
+            out.send_json(404, {"error": "not found"})
+            return
+        with self._lock:
+            self.calls += 1
+        if self.api_key is not None and (
+            request.headers.get("authorization") != f"Bearer {self.api_key}"
+        ):
+            out.send_json(401, {"error": "Unauthorized", "message": "invalid API key"})
+            return
+        try:
+            document = request.json()
+        except ValueError:
+            out.send_json(400, {"error": "Bad Request", "message": "body is not JSON"})
+            return
+        self.received.append(document)
+        text = _text(document)
+        sleep = _SLEEP.search(text)
+        delay = self.delay_s + (int(sleep.group(1)) / 1000 if sleep else 0.0)
+        if delay:
+            time.sleep(delay)
+        status = _STATUS.search(text)
+        forced = self.force_status or (int(status.group(1)) if status else None)
+        if forced:
+            out.send_json(forced, {"error": "stand-in failure", "status": forced})
+        elif "lakera-notjson" in text:
+            out.send(200, {"content-type": "text/html"}, b"<html>Bad gateway</html>")
+        elif "lakera-noflag" in text:
+            out.send_json(200, {"metadata": {"request_uuid": str(uuid.uuid4())}})
+        elif "lakera-array" in text:
+            out.send_json(200, [{"flagged": True}])
+        elif "lakera-truncated" in text:
+            body = json.dumps(verdict(document)).encode()
+            out.raw(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(body), body[: len(body) // 2]))
+            out.abort()
+        elif "lakera-trickle" in text:
+            body = json.dumps(verdict(document)).encode()
+            out.raw(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n" % len(body))
+            for byte in body[:50]:
+                out.raw(bytes([byte]))
+                time.sleep(0.1)
+            out.abort()
+        elif "lakera-huge" in text:
+            answer = verdict(document)
+            answer["breakdown"] = list(answer.get("breakdown", [])) + [
+                {"detector_type": "padding", "detected": False, "message_id": 0,
+                 "detector_id": "x" * 1000} for _ in range(3000)]
+            out.send_json(200, answer)
+        else:
+            out.send_json(200, verdict(document))

@@ -1,0 +1,548 @@
+"""Assembling the assistant's text of an answer, streamed or not (SPEC sections 3 and 5)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from lakera_addon import protocols
+from lakera_addon.assembly import StreamAssembler
+from lakera_addon.assembly import StreamResult
+from lakera_addon.assembly import assemble
+from lakera_addon.assembly import response_text
+from lakera_addon.protocols import Protocol
+
+NO_EVENTS = "no recognisable events in the stream"
+NOT_TERMINATED = "stream ended before its terminal event"
+NOT_JSON = "event data is not JSON"
+
+
+def sse(*events: tuple[str | None, object], crlf: bool = False) -> bytes:
+    """An SSE body; each event is (event name or None, JSON payload or raw data string)."""
+    out = []
+    for name, payload in events:
+        data = payload if isinstance(payload, str) else json.dumps(payload)
+        lines = ([f"event: {name}"] if name else []) + [f"data: {data}"]
+        out.append("\n".join(lines) + "\n\n")
+    body = "".join(out)
+    return (body.replace("\n", "\r\n") if crlf else body).encode()
+
+
+# --- openai-chat --------------------------------------------------------------------------
+
+
+def chat_chunk(
+    choices: list[dict[str, object]], usage: dict[str, int] | None = None
+) -> tuple[None, dict[str, object]]:
+    chunk: dict[str, object] = {
+        "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+        "object": "chat.completion.chunk",
+        "created": 1741569952,
+        "model": "gpt-4o-2024-08-06",
+        "service_tier": "default",
+        "system_fingerprint": "fp_eb9dce56a8",
+        "choices": choices,
+    }
+    if usage is not None:
+        chunk["usage"] = usage
+    return (None, chunk)
+
+
+def chat_delta(
+    content: str | None, index: int = 0, finish: str | None = None, role: bool = False
+) -> dict[str, object]:
+    delta: dict[str, object] = {}
+    if role:
+        delta["role"] = "assistant"
+        delta["refusal"] = None
+    if content is not None or finish is None:
+        delta["content"] = content
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+DONE = (None, "[DONE]")
+USAGE = {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29}
+
+CHAT_TEXT = [
+    chat_chunk([chat_delta("", role=True)]),
+    chat_chunk([chat_delta("Hello")]),
+    chat_chunk([chat_delta(" there")]),
+    chat_chunk([chat_delta("!")]),
+    chat_chunk([chat_delta(None, finish="stop")]),
+]
+
+CHAT_TOOLS = [
+    chat_chunk([{"index": 0, "delta": {"role": "assistant", "content": None, "tool_calls": [
+        {"index": 0, "id": "call_DdmO9pD3xa9XTPNJ32zg2hcA", "type": "function",
+         "function": {"name": "get_weather", "arguments": ""}}], "refusal": None},
+        "logprobs": None, "finish_reason": None}]),
+    chat_chunk([{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "function": {"arguments": "{\"location\": \"Paris\"}"}}]},
+        "logprobs": None, "finish_reason": None}]),
+    chat_chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}]),
+]
+
+CHAT_TWO_CHOICES = [
+    chat_chunk([chat_delta("", 0, role=True)]),
+    chat_chunk([chat_delta("", 1, role=True)]),
+    chat_chunk([chat_delta("B1", 1)]),
+    chat_chunk([chat_delta("A1", 0)]),
+    chat_chunk([chat_delta(" A2", 0), chat_delta(" B2", 1)]),
+    chat_chunk([chat_delta(None, 0, finish="stop"), chat_delta(None, 1, finish="stop")]),
+]
+
+# --- anthropic-messages -------------------------------------------------------------------
+
+A_START = ("message_start", {"type": "message_start", "message": {
+    "id": "msg_014p7gG3wDgGV9EUtLvnow3U", "type": "message", "role": "assistant",
+    "model": "claude-sonnet-4-5-20250929", "content": [], "stop_reason": None,
+    "stop_sequence": None, "usage": {"input_tokens": 472, "output_tokens": 2}}})
+A_PING = ("ping", {"type": "ping"})
+A_STOP = ("message_stop", {"type": "message_stop"})
+
+
+def a_block_start(index: int, block: dict[str, object]) -> tuple[str, dict[str, object]]:
+    return ("content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": block})
+
+
+def a_delta(index: int, delta: dict[str, object]) -> tuple[str, dict[str, object]]:
+    return ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def a_text(index: int, text: str) -> tuple[str, dict[str, object]]:
+    return a_delta(index, {"type": "text_delta", "text": text})
+
+
+def a_block_stop(index: int) -> tuple[str, dict[str, object]]:
+    return ("content_block_stop", {"type": "content_block_stop", "index": index})
+
+
+def a_message_delta(stop_reason: str) -> tuple[str, dict[str, object]]:
+    return ("message_delta", {"type": "message_delta",
+                              "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                              "usage": {"output_tokens": 89}})
+
+
+ANTHROPIC_TEXT = [
+    A_START,
+    a_block_start(0, {"type": "text", "text": ""}),
+    A_PING,
+    a_text(0, "Hello"),
+    a_text(0, "!"),
+    a_block_stop(0),
+    a_message_delta("end_turn"),
+]
+
+ANTHROPIC_THINKING_TEXT_TOOL = [
+    A_START,
+    a_block_start(0, {"type": "thinking", "thinking": ""}),
+    a_delta(0, {"type": "thinking_delta", "thinking": "Let me think"}),
+    a_delta(0, {"type": "signature_delta", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"}),
+    a_block_stop(0),
+    a_block_start(1, {"type": "text", "text": ""}),
+    a_text(1, "I'll check the weather."),
+    a_block_stop(1),
+    a_block_start(2, {"type": "tool_use", "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+                      "name": "get_weather", "input": {}}),
+    a_delta(2, {"type": "input_json_delta", "partial_json": ""}),
+    a_delta(2, {"type": "input_json_delta", "partial_json": "{\"location\": \"Paris\"}"}),
+    a_block_stop(2),
+    a_block_start(3, {"type": "text", "text": ""}),
+    a_text(3, "Done."),
+    a_block_stop(3),
+    a_message_delta("tool_use"),
+]
+
+ANTHROPIC_TOOL_ONLY = [
+    A_START,
+    a_block_start(0, {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {}}),
+    a_delta(0, {"type": "input_json_delta", "partial_json": "{\"location\": \"Paris\"}"}),
+    a_block_stop(0),
+    a_message_delta("tool_use"),
+]
+
+A_ERROR = ("error", {"type": "error",
+                     "error": {"type": "overloaded_error", "message": "Overloaded"}})
+
+# --- openai-responses ---------------------------------------------------------------------
+
+_seq = iter(range(10_000))
+
+
+def r_event(kind: str, **fields: object) -> tuple[str, dict[str, object]]:
+    return (kind, {"type": kind, "sequence_number": next(_seq), **fields})
+
+
+R_RESPONSE = {"id": "resp_67c9fdcecf488190bdd9a0409de3a1ec07b8b0ad4e5eb654", "object": "response",
+              "created_at": 1741290958, "status": "in_progress", "error": None,
+              "incomplete_details": None, "instructions": "You are a helpful assistant.",
+              "model": "gpt-4.1-2025-04-14", "output": [], "usage": None}
+R_CREATED = r_event("response.created", response=R_RESPONSE)
+R_IN_PROGRESS = r_event("response.in_progress", response=R_RESPONSE)
+R_COMPLETED = r_event("response.completed", response={**R_RESPONSE, "status": "completed",
+                      "usage": {"input_tokens": 37, "output_tokens": 11, "total_tokens": 48}})
+MSG_ID = "msg_67c9fdcf37fc8190ba82116e33fb28c507b8b0ad4e5eb654"
+
+
+def r_text_part(output_index: int, content_index: int, *deltas: str,
+                done_text: str | None = None) -> list[tuple[str, dict[str, object]]]:
+    ids = {"item_id": MSG_ID, "output_index": output_index, "content_index": content_index}
+    text = "".join(deltas) if done_text is None else done_text
+    return [
+        r_event("response.content_part.added", **ids,
+                part={"type": "output_text", "text": "", "annotations": []}),
+        *(r_event("response.output_text.delta", **ids, delta=d, logprobs=[]) for d in deltas),
+        r_event("response.output_text.done", **ids, text=text, logprobs=[]),
+        r_event("response.content_part.done", **ids,
+                part={"type": "output_text", "text": text, "annotations": []}),
+    ]
+
+
+def r_message(output_index: int, *parts: list[tuple[str, dict[str, object]]]
+              ) -> list[tuple[str, dict[str, object]]]:
+    item = {"id": MSG_ID, "type": "message", "status": "in_progress", "role": "assistant",
+            "content": []}
+    return [
+        r_event("response.output_item.added", output_index=output_index, item=item),
+        *(e for part in parts for e in part),
+        r_event("response.output_item.done", output_index=output_index,
+                item={**item, "status": "completed"}),
+    ]
+
+
+R_TEXT = [R_CREATED, R_IN_PROGRESS,
+          *r_message(0, r_text_part(0, 0, "Hi", " there", "!")), R_COMPLETED]
+
+R_FUNCTION_CALL = [
+    R_CREATED, R_IN_PROGRESS,
+    r_event("response.output_item.added", output_index=0, item={
+        "type": "function_call", "id": "fc_12345xyz", "call_id": "call_12345xyz",
+        "name": "get_weather", "arguments": ""}),
+    r_event("response.function_call_arguments.delta", item_id="fc_12345xyz", output_index=0,
+            delta="{\"location\": \"Paris\"}"),
+    r_event("response.function_call_arguments.done", item_id="fc_12345xyz", output_index=0,
+            arguments="{\"location\": \"Paris\"}"),
+    R_COMPLETED,
+]
+
+R_REASONING_THEN_TWO_MESSAGES = [
+    R_CREATED,
+    r_event("response.output_item.added", output_index=0, item={
+        "id": "rs_1", "type": "reasoning", "summary": []}),
+    r_event("response.reasoning_summary_text.delta", item_id="rs_1", output_index=0,
+            summary_index=0, delta="thinking about it"),
+    *r_message(1, r_text_part(1, 0, "First"), r_text_part(1, 1, "Second")),
+    *r_message(2, r_text_part(2, 0, "Third")),
+    R_COMPLETED,
+]
+
+R_ERROR = ("error", {"type": "error", "sequence_number": 5, "code": "server_error",
+                     "message": "The server had an error", "param": None})
+
+STREAMS: list[tuple[str, Protocol, bytes, StreamResult]] = [
+    # openai-chat
+    ("chat: text", protocols.OPENAI_CHAT, sse(*CHAT_TEXT, DONE),
+     StreamResult("Hello there!", True)),
+    ("chat: CRLF framing", protocols.OPENAI_CHAT, sse(*CHAT_TEXT, DONE, crlf=True),
+     StreamResult("Hello there!", True)),
+    ("chat: usage-only chunk at the end", protocols.OPENAI_CHAT,
+     sse(*CHAT_TEXT, chat_chunk([], usage=USAGE), DONE), StreamResult("Hello there!", True)),
+    ("chat: tool calls only", protocols.OPENAI_CHAT, sse(*CHAT_TOOLS, DONE),
+     StreamResult("", True)),
+    ("chat: two choices in index order", protocols.OPENAI_CHAT, sse(*CHAT_TWO_CHOICES, DONE),
+     StreamResult("A1 A2\n\nB1 B2", True)),
+    ("chat: every choice finished but no [DONE]", protocols.OPENAI_CHAT, sse(*CHAT_TEXT),
+     StreamResult("", False, NOT_TERMINATED)),
+    ("chat: cut in the middle", protocols.OPENAI_CHAT, sse(*CHAT_TEXT[:3]),
+     StreamResult("", False, NOT_TERMINATED)),
+    ("chat: cut in the middle of an event", protocols.OPENAI_CHAT,
+     sse(*CHAT_TEXT, DONE)[:-3], StreamResult("", False, NOT_TERMINATED)),
+    ("chat: error event after text", protocols.OPENAI_CHAT,
+     sse(*CHAT_TEXT[:3], (None, {"error": {"message": "overloaded", "type": "server_error"}})),
+     StreamResult("Hello there", True)),
+    ("chat: data not JSON", protocols.OPENAI_CHAT, sse(*CHAT_TEXT[:2], (None, "oops"), DONE),
+     StreamResult("", False, NOT_JSON)),
+    ("chat: JSON that is not an object", protocols.OPENAI_CHAT, sse((None, "[1, 2]"), DONE),
+     StreamResult("", False, "event data is not a JSON object")),
+    ("chat: events after [DONE] ignored", protocols.OPENAI_CHAT,
+     sse(*CHAT_TEXT, DONE, chat_chunk([chat_delta("late")]), (None, "not json")),
+     StreamResult("Hello there!", True)),
+    ("chat: comments and keep-alives", protocols.OPENAI_CHAT,
+     b": OPENROUTER PROCESSING\n\n" + sse(*CHAT_TEXT, DONE), StreamResult("Hello there!", True)),
+    ("chat: empty body", protocols.OPENAI_CHAT, b"", StreamResult("", False, NO_EVENTS)),
+    ("chat: not SSE at all", protocols.OPENAI_CHAT, b'{"choices": []}',
+     StreamResult("", False, NO_EVENTS)),
+    ("chat: only comments", protocols.OPENAI_CHAT, b": ping\n\n: ping\n\n",
+     StreamResult("", False, NO_EVENTS)),
+    # anthropic-messages
+    ("anthropic: text", protocols.ANTHROPIC_MESSAGES, sse(*ANTHROPIC_TEXT, A_STOP),
+     StreamResult("Hello!", True)),
+    ("anthropic: thinking, text, tool use, text", protocols.ANTHROPIC_MESSAGES,
+     sse(*ANTHROPIC_THINKING_TEXT_TOOL, A_STOP),
+     StreamResult("I'll check the weather.\n\nDone.", True)),
+    ("anthropic: tool use only", protocols.ANTHROPIC_MESSAGES, sse(*ANTHROPIC_TOOL_ONLY, A_STOP),
+     StreamResult("", True)),
+    ("anthropic: no event lines, type from JSON", protocols.ANTHROPIC_MESSAGES,
+     sse(*((None, p) for _, p in [*ANTHROPIC_TEXT, A_STOP])), StreamResult("Hello!", True)),
+    ("anthropic: no type in JSON, event name used", protocols.ANTHROPIC_MESSAGES,
+     sse(*ANTHROPIC_TEXT, ("message_stop", {})), StreamResult("Hello!", True)),
+    ("anthropic: cut before message_stop", protocols.ANTHROPIC_MESSAGES, sse(*ANTHROPIC_TEXT),
+     StreamResult("", False, NOT_TERMINATED)),
+    ("anthropic: error event mid-stream", protocols.ANTHROPIC_MESSAGES,
+     sse(*ANTHROPIC_TEXT[:4], A_ERROR), StreamResult("Hello", True)),
+    ("anthropic: data not JSON", protocols.ANTHROPIC_MESSAGES,
+     sse(*ANTHROPIC_TEXT[:3], ("content_block_delta", "{broken"), A_STOP),
+     StreamResult("", False, NOT_JSON)),
+    ("anthropic: events after message_stop ignored", protocols.ANTHROPIC_MESSAGES,
+     sse(*ANTHROPIC_TEXT, A_STOP, a_text(0, "late"), ("x", "not json")),
+     StreamResult("Hello!", True)),
+    ("anthropic: [DONE] is not JSON here", protocols.ANTHROPIC_MESSAGES,
+     sse(*ANTHROPIC_TEXT, DONE), StreamResult("", False, NOT_JSON)),
+    # openai-responses
+    ("responses: text", protocols.OPENAI_RESPONSES, sse(*R_TEXT), StreamResult("Hi there!", True)),
+    ("responses: text from deltas, not the done events", protocols.OPENAI_RESPONSES,
+     sse(R_CREATED, *r_message(0, r_text_part(0, 0, "delta text", done_text="other")),
+         R_COMPLETED), StreamResult("delta text", True)),
+    ("responses: function call only", protocols.OPENAI_RESPONSES, sse(*R_FUNCTION_CALL),
+     StreamResult("", True)),
+    ("responses: reasoning then two messages", protocols.OPENAI_RESPONSES,
+     sse(*R_REASONING_THEN_TWO_MESSAGES), StreamResult("First\n\nSecond\n\nThird", True)),
+    ("responses: refusal", protocols.OPENAI_RESPONSES,
+     sse(R_CREATED, r_event("response.refusal.delta", item_id=MSG_ID, output_index=0,
+                            content_index=0, delta="I can't help with that."),
+         R_COMPLETED), StreamResult("I can't help with that.", True)),
+    ("responses: incomplete is terminal", protocols.OPENAI_RESPONSES,
+     sse(*R_TEXT[:-1], r_event("response.incomplete", response={**R_RESPONSE,
+         "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}})),
+     StreamResult("Hi there!", True)),
+    ("responses: failed is terminal", protocols.OPENAI_RESPONSES,
+     sse(*R_TEXT[:-1], r_event("response.failed", response={**R_RESPONSE, "status": "failed"})),
+     StreamResult("Hi there!", True)),
+    ("responses: cut before response.completed", protocols.OPENAI_RESPONSES, sse(*R_TEXT[:-1]),
+     StreamResult("", False, NOT_TERMINATED)),
+    ("responses: error event", protocols.OPENAI_RESPONSES,
+     sse(*R_TEXT[:6], R_ERROR), StreamResult("Hi there", True)),
+    ("responses: error by event name only", protocols.OPENAI_RESPONSES,
+     sse(*R_TEXT[:6], ("error", {"code": "server_error"})), StreamResult("Hi there", True)),
+    ("responses: data not JSON", protocols.OPENAI_RESPONSES,
+     sse(*R_TEXT[:3], ("response.output_text.delta", "Hi"), *R_TEXT[3:]),
+     StreamResult("", False, NOT_JSON)),
+    ("responses: no events", protocols.OPENAI_RESPONSES, b"\n\n",
+     StreamResult("", False, NO_EVENTS)),
+    # openai-embeddings
+    ("embeddings: never streams", protocols.OPENAI_EMBEDDINGS, sse(*CHAT_TEXT, DONE),
+     StreamResult("", False, "embeddings answers do not stream")),
+]
+
+
+@pytest.mark.parametrize(("protocol", "body", "expected"), [s[1:] for s in STREAMS],
+                         ids=[s[0] for s in STREAMS])
+def test_assemble(protocol: Protocol, body: bytes, expected: StreamResult) -> None:
+    assert assemble(protocol, body) == expected
+
+
+@pytest.mark.parametrize(("protocol", "body", "expected"), [s[1:] for s in STREAMS],
+                         ids=[s[0] for s in STREAMS])
+def test_assemble_byte_by_byte(protocol: Protocol, body: bytes, expected: StreamResult) -> None:
+    assembler = StreamAssembler(protocol)
+    for i in range(len(body)):
+        assembler.feed(body[i:i + 1])
+    assert assembler.finish() == expected
+
+
+STATES = [
+    ("chat: done", protocols.OPENAI_CHAT, sse(*CHAT_TEXT, DONE), True, False),
+    ("chat: error", protocols.OPENAI_CHAT, sse((None, {"error": {"message": "x"}})), True, True),
+    ("chat: open", protocols.OPENAI_CHAT, sse(*CHAT_TEXT), False, False),
+    ("anthropic: error", protocols.ANTHROPIC_MESSAGES, sse(A_START, A_ERROR), True, True),
+    ("anthropic: stop", protocols.ANTHROPIC_MESSAGES, sse(A_START, A_STOP), True, False),
+    ("responses: error", protocols.OPENAI_RESPONSES, sse(R_CREATED, R_ERROR), True, True),
+    ("responses: completed", protocols.OPENAI_RESPONSES, sse(*R_TEXT), True, False),
+]
+
+
+@pytest.mark.parametrize(("protocol", "body", "terminated", "errored"),
+                         [s[1:] for s in STATES], ids=[s[0] for s in STATES])
+def test_terminated_and_errored(
+    protocol: Protocol, body: bytes, terminated: bool, errored: bool
+) -> None:
+    assembler = StreamAssembler(protocol)
+    assembler.feed(body)
+    assert (assembler.terminated, assembler.errored) == (terminated, errored)
+
+
+def test_text_so_far_and_finish_twice() -> None:
+    assembler = StreamAssembler(protocols.OPENAI_CHAT)
+    assembler.feed(sse(*CHAT_TEXT[:3]))
+    assert assembler.text == "Hello there"
+    assert not assembler.terminated
+    assembler.feed(sse(*CHAT_TEXT[3:], DONE))
+    assert assembler.finish() == StreamResult("Hello there!", True)
+    assert assembler.finish() == StreamResult("Hello there!", True)
+
+
+def test_deeply_nested_json_does_not_raise() -> None:
+    body = b"data: " + b"[" * 100_000 + b"\n\ndata: [DONE]\n\n"
+    assert assemble(protocols.OPENAI_CHAT, body) == StreamResult("", False, NOT_JSON)
+
+
+def test_reasons_never_quote_the_content() -> None:
+    secret = "SECRET-CONTENT"
+    for protocol in protocols.ALL:
+        for body in (f"data: {secret}\n\n".encode(), f"data: {secret}".encode(),
+                     sse(chat_chunk([chat_delta(secret)]))):
+            result = assemble(protocol, body)
+            assert secret not in (result.reason or "")
+
+
+# --- properties ---------------------------------------------------------------------------
+
+_BODIES = st.sampled_from([(s[1], s[2]) for s in STREAMS])
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=_BODIES, data=st.data())
+def test_any_chunking_gives_the_same_result(
+    case: tuple[Protocol, bytes], data: st.DataObject
+) -> None:
+    protocol, body = case
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=30)))
+    assembler = StreamAssembler(protocol)
+    for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True):
+        assembler.feed(body[a:b])
+    assert assembler.finish() == assemble(protocol, body)
+
+
+_FRAGMENTS = st.sampled_from([
+    b"data: ", b"event: ", b"\n", b"\r\n", b"\n\n", b"[DONE]", b"{", b"}", b"[", b"]",
+    b'"type"', b'"error"', b'"choices"', b'"delta"', b'"content"', b'"index"', b":", b",",
+    b'"message_stop"', b'"content_block_delta"', b'"text_delta"', b'"text"', b"0", b"1",
+    b'"response.output_text.delta"', b'"response.completed"', b"null", b"\xff", b"\xc3",
+])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    protocol=st.sampled_from(protocols.ALL),
+    chunks=st.lists(st.one_of(st.binary(max_size=40), st.lists(_FRAGMENTS, max_size=20)
+                              .map(b"".join)), max_size=15),
+)
+def test_any_bytes_never_raise(protocol: Protocol, chunks: list[bytes]) -> None:
+    assembler = StreamAssembler(protocol)
+    for chunk in chunks:
+        assembler.feed(chunk)
+    result = assembler.finish()
+    assert isinstance(result.text, str)
+    assert result.complete or result.reason
+
+
+# --- non-streamed answers -----------------------------------------------------------------
+
+CHAT_COMPLETION = {
+    "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG", "object": "chat.completion",
+    "created": 1741570283, "model": "gpt-4o-2024-08-06",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "The image shows a boardwalk.",
+                                 "refusal": None, "annotations": []},
+         "logprobs": None, "finish_reason": "stop"},
+        {"index": 1, "message": {"role": "assistant", "content": [
+            {"type": "text", "text": "part one"}, {"type": "image_url", "image_url": {}},
+            {"type": "output_text", "text": "part two"}]},
+         "logprobs": None, "finish_reason": "stop"},
+    ],
+    "usage": {"prompt_tokens": 1117, "completion_tokens": 46, "total_tokens": 1163},
+}
+CHAT_TOOL_CALL = {
+    "id": "chatcmpl-abc123", "object": "chat.completion", "created": 1699896916,
+    "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_abc123", "type": "function",
+         "function": {"name": "get_current_weather", "arguments": "{\"location\": \"Boston\"}"}}]},
+        "logprobs": None, "finish_reason": "tool_calls"}],
+}
+ANTHROPIC_MESSAGE = {
+    "id": "msg_013Zva2CMHLNnXjNJJKqJ2EF", "type": "message", "role": "assistant",
+    "model": "claude-sonnet-4-5-20250929",
+    "content": [
+        {"type": "thinking", "thinking": "hmm", "signature": "abc"},
+        {"type": "text", "text": "Hi! My name is Claude."},
+        {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "x"}},
+        {"type": "text", "text": "More."},
+    ],
+    "stop_reason": "end_turn", "stop_sequence": None,
+    "usage": {"input_tokens": 2095, "output_tokens": 503},
+}
+RESPONSES_RESPONSE = {
+    "id": "resp_67ccd3a9da748190baa7f1570fe91ac604becb25c45c1d41", "object": "response",
+    "created_at": 1741476777, "status": "completed", "model": "gpt-4o-2024-08-06",
+    "output": [
+        {"type": "reasoning", "id": "rs_1", "summary": [
+            {"type": "summary_text", "text": "thinking"}]},
+        {"type": "message", "id": "msg_67ccd3acc8d48190a77525dc6de64b4104becb25c45c1d41",
+         "status": "completed", "role": "assistant", "content": [
+             {"type": "output_text", "text": "The image depicts a scenic landscape.",
+              "annotations": []},
+             {"type": "refusal", "refusal": "I won't describe the faces."}]},
+        {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f",
+         "arguments": "{\"a\": \"not text\"}"},
+        {"type": "message", "id": "msg_2", "status": "completed", "role": "assistant",
+         "content": [{"type": "output_text", "text": "Second.", "annotations": []}]},
+    ],
+    "usage": {"input_tokens": 328, "output_tokens": 52, "total_tokens": 380},
+}
+
+RESPONSE_TEXTS: list[tuple[str, Protocol, object, str]] = [
+    ("chat: string and part contents", protocols.OPENAI_CHAT, CHAT_COMPLETION,
+     "The image shows a boardwalk.\n\npart one\n\npart two"),
+    ("chat: tool calls only", protocols.OPENAI_CHAT, CHAT_TOOL_CALL, ""),
+    ("chat: no choices", protocols.OPENAI_CHAT, {"choices": []}, ""),
+    ("chat: wrong shapes", protocols.OPENAI_CHAT,
+     {"choices": [None, 3, {"message": "x"}, {"message": {"content": 5}},
+                  {"message": {"content": [None, {"type": "text", "text": 7}]}}]}, ""),
+    ("chat: choices not a list", protocols.OPENAI_CHAT, {"choices": {"0": "x"}}, ""),
+    ("anthropic: text blocks only", protocols.ANTHROPIC_MESSAGES, ANTHROPIC_MESSAGE,
+     "Hi! My name is Claude.\n\nMore."),
+    ("anthropic: no content", protocols.ANTHROPIC_MESSAGES, {"content": []}, ""),
+    ("anthropic: wrong shapes", protocols.ANTHROPIC_MESSAGES,
+     {"content": [None, "text", {"type": "text"}, {"type": 1, "text": "x"}]}, ""),
+    ("anthropic: content a string", protocols.ANTHROPIC_MESSAGES, {"content": "x"}, ""),
+    ("responses: output_text and refusal of messages", protocols.OPENAI_RESPONSES,
+     RESPONSES_RESPONSE,
+     "The image depicts a scenic landscape.\n\nI won't describe the faces.\n\nSecond."),
+    ("responses: no output", protocols.OPENAI_RESPONSES, {"output": []}, ""),
+    ("responses: wrong shapes", protocols.OPENAI_RESPONSES,
+     {"output": [None, {"type": "message", "content": "x"},
+                 {"type": "message", "content": [{"type": "output_text"}]}]}, ""),
+    ("embeddings: no text", protocols.OPENAI_EMBEDDINGS,
+     {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}]}, ""),
+    ("not a dict", protocols.OPENAI_CHAT, ["choices"], ""),
+    ("null", protocols.ANTHROPIC_MESSAGES, None, ""),
+    ("string", protocols.OPENAI_RESPONSES, "output", ""),
+]
+
+
+@pytest.mark.parametrize(("protocol", "body", "expected"), [r[1:] for r in RESPONSE_TEXTS],
+                         ids=[r[0] for r in RESPONSE_TEXTS])
+def test_response_text(protocol: Protocol, body: object, expected: str) -> None:
+    assert response_text(protocol, body) == expected
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5)
+    | st.sampled_from(["text", "output_text", "message", "refusal"]),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(["choices", "message", "content", "type", "text",
+                                       "output", "refusal", "x"]), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(protocol=st.sampled_from(protocols.ALL), body=_JSON)
+def test_response_text_never_raises(protocol: Protocol, body: object) -> None:
+    assert isinstance(response_text(protocol, body), str)

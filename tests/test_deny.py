@@ -1,0 +1,356 @@
+"""The deny shapes (SPEC section 6), parsed by the real openai and anthropic SDKs through
+their HTTP client's MockTransport: a 2xx deny reads as a normal answer carrying the deny text,
+any other status raises the SDK's status error, never retried, with the text in it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import httpx2
+import openai
+import pytest
+
+from lakera_addon.deny import DenyResponse
+from lakera_addon.deny import build_deny
+from lakera_addon.protocols import ALL
+from lakera_addon.protocols import Protocol
+
+TEXT = 'Request blocked by Lakera Guard. Flagged: "prompt_attack" — ü 🚫 \\ end'
+MODEL = "gpt-test-model"
+STATUSES = [200, 403, 503]
+RETRIED = [408, 409, 429, 500, 502, 503]
+NOT_RETRIED = [200, 201, 400, 401, 403, 404, 422]
+
+
+class Server:
+    """Answers every request with one deny and counts the calls."""
+
+    def __init__(self, deny: DenyResponse) -> None:
+        self.deny = deny
+        self.calls: list[httpx2.Request] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.calls.append(request)
+        return httpx2.Response(self.deny.status, headers=self.deny.headers, content=self.deny.body)
+
+    def http_client(self) -> httpx2.Client:
+        return httpx2.Client(transport=httpx2.MockTransport(self))
+
+
+def openai_client(server: Server, max_retries: int = 0) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url="http://test/v1",
+        api_key="x",
+        max_retries=max_retries,
+        http_client=server.http_client(),
+    )
+
+
+def anthropic_client(server: Server, max_retries: int = 0) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        base_url="http://test",
+        api_key="x",
+        max_retries=max_retries,
+        http_client=server.http_client(),
+    )
+
+
+# --- one way to call each protocol through its SDK, returning (text, model) ----------------
+
+MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
+
+
+def chat_plain(server: Server, model: str, retries: int = 0) -> tuple[str, str]:
+    answer = openai_client(server, retries).chat.completions.create(model=model, messages=MESSAGES)
+    assert answer.object == "chat.completion"
+    assert answer.id.startswith("chatcmpl-")
+    assert isinstance(answer.created, int)
+    (choice,) = answer.choices
+    assert choice.index == 0 and choice.finish_reason == "stop"
+    assert choice.message.role == "assistant" and choice.message.refusal is None
+    assert answer.usage is not None and answer.usage.total_tokens == 0
+    return choice.message.content or "", answer.model
+
+
+def chat_stream(server: Server, model: str, retries: int = 0) -> tuple[str, str]:
+    chunks = list(
+        openai_client(server, retries).chat.completions.create(
+            model=model, messages=MESSAGES, stream=True
+        )
+    )
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks][-1] == "stop"
+    assert len({c.id for c in chunks}) == 1
+    return "".join(c.choices[0].delta.content or "" for c in chunks), chunks[-1].model
+
+
+def responses_plain(server: Server, model: str, retries: int = 0) -> tuple[str, str]:
+    answer = openai_client(server, retries).responses.create(model=model, input="hi")
+    assert answer.object == "response" and answer.status == "completed"
+    assert answer.id.startswith("resp_")
+    (item,) = answer.output
+    assert item.type == "message" and item.id.startswith("msg_") and item.status == "completed"
+    assert answer.usage is not None and answer.usage.total_tokens == 0
+    assert answer.error is None
+    return answer.output_text, str(answer.model)
+
+
+def responses_stream(server: Server, model: str, retries: int = 0) -> tuple[str, str]:
+    events = list(
+        openai_client(server, retries).responses.create(model=model, input="hi", stream=True)
+    )
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    types = [e.type for e in events]
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    for expected in (
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+    ):
+        assert expected in types
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    completed = events[-1]
+    assert completed.type == "response.completed"
+    assert completed.response.output_text == deltas
+    assert completed.response.id == events[0].response.id
+    return deltas, str(completed.response.model)
+
+
+def responses_stream_helper(server: Server, model: str, retries: int = 0) -> tuple[str, str]:
+    with openai_client(server, retries).responses.stream(model=model, input="hi") as stream:
+        texts = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(texts) == final.output_text
+    return final.output_text, str(final.model)
+
+
+def messages_plain(server: Server, model: str, retries: int = 0) -> tuple[str, str]:
+    answer = anthropic_client(server, retries).messages.create(
+        model=model, max_tokens=16, messages=MESSAGES
+    )
+    assert answer.type == "message" and answer.role == "assistant"
+    assert answer.id.startswith("msg_")
+    assert answer.stop_reason == "end_turn" and answer.stop_sequence is None
+    assert answer.usage.input_tokens == 0 and answer.usage.output_tokens == 0
+    (block,) = answer.content
+    assert block.type == "text"
+    return block.text, str(answer.model)
+
+
+def messages_stream(server: Server, model: str, retries: int = 0) -> tuple[str, str]:
+    with anthropic_client(server, retries).messages.stream(
+        model=model, max_tokens=16, messages=MESSAGES
+    ) as stream:
+        text = stream.get_final_text()
+        final = stream.get_final_message()
+    assert final.stop_reason == "end_turn"
+    return text, str(final.model)
+
+
+def messages_raw_stream(server: Server, model: str, retries: int = 0) -> tuple[str, str]:
+    events = list(
+        anthropic_client(server, retries).messages.create(
+            model=model, max_tokens=16, messages=MESSAGES, stream=True
+        )
+    )
+    assert [e.type for e in events] == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    start = events[0]
+    assert start.type == "message_start"
+    text = "".join(
+        e.delta.text
+        for e in events
+        if e.type == "content_block_delta" and e.delta.type == "text_delta"
+    )
+    return text, str(start.message.model)
+
+
+Reader = Callable[[Server, str, int], tuple[str, str]]
+
+READERS: dict[tuple[Protocol, bool], list[Reader]] = {
+    ("openai-chat", False): [chat_plain],
+    ("openai-chat", True): [chat_stream],
+    ("openai-responses", False): [responses_plain],
+    ("openai-responses", True): [responses_stream, responses_stream_helper],
+    ("anthropic-messages", False): [messages_plain],
+    ("anthropic-messages", True): [messages_stream, messages_raw_stream],
+}
+
+CASES = [
+    pytest.param(protocol, stream, reader, id=f"{protocol}-{reader.__name__}")
+    for (protocol, stream), readers in READERS.items()
+    for reader in readers
+]
+
+STATUS_ERRORS: dict[int, tuple[type[Exception], type[Exception]]] = {
+    403: (openai.PermissionDeniedError, anthropic.PermissionDeniedError),
+    503: (openai.InternalServerError, anthropic.InternalServerError),
+}
+
+
+def strings_in(value: object) -> list[str]:
+    """Every string inside a decoded JSON value, or inside the JSON of an SSE body's events."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings_in(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_in(v)]
+    if not isinstance(value, str):
+        return []
+    found = [value]
+    for line in value.splitlines():
+        if line.startswith("data: {"):
+            found += strings_in(json.loads(line.removeprefix("data: ")))
+    return found
+
+
+def error_texts(error: Exception) -> list[str]:
+    """What a status error carries that a user might read: its message and its body."""
+    return [str(error), *strings_in(getattr(error, "body", None))]
+
+
+@pytest.mark.parametrize("status", STATUSES)
+@pytest.mark.parametrize(("protocol", "stream", "reader"), CASES)
+def test_sdk_reads_the_deny(protocol: Protocol, stream: bool, reader: Reader, status) -> None:
+    server = Server(build_deny(protocol, TEXT, status=status, stream=stream, model=MODEL))
+    if status < 300:
+        assert reader(server, MODEL, 0) == (TEXT, MODEL)
+    else:
+        openai_error, anthropic_error = STATUS_ERRORS[status]
+        expected = anthropic_error if protocol == "anthropic-messages" else openai_error
+        with pytest.raises(expected) as raised:
+            reader(server, MODEL, 0)
+        assert getattr(raised.value, "status_code", None) == status
+        assert TEXT in error_texts(raised.value)  # verbatim, not escaped
+        if protocol != "anthropic-messages" and not stream:
+            assert str(raised.value) == f"Error code: {status} - {TEXT}"
+    assert len(server.calls) == 1
+
+
+@pytest.mark.parametrize("max_retries", [0, 2])
+@pytest.mark.parametrize("status", [*RETRIED, 403])
+@pytest.mark.parametrize(("protocol", "stream", "reader"), CASES)
+def test_deny_is_never_retried(
+    protocol: Protocol, stream: bool, reader: Reader, status, max_retries
+) -> None:
+    server = Server(build_deny(protocol, TEXT, status=status, stream=stream, model=MODEL))
+    with pytest.raises((openai.APIStatusError, anthropic.APIStatusError)) as raised:
+        reader(server, MODEL, max_retries)
+    assert len(server.calls) == 1
+    assert TEXT in error_texts(raised.value)  # verbatim, not escaped
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (200, openai.BadRequestError),
+        (204, openai.BadRequestError),
+        (400, openai.BadRequestError),
+        (403, openai.PermissionDeniedError),
+        (429, openai.RateLimitError),
+        (503, openai.InternalServerError),
+    ],
+)
+def test_embeddings_deny_raises(status, error, stream) -> None:
+    deny = build_deny("openai-embeddings", TEXT, status=status, stream=stream, model=MODEL)
+    assert deny.status == max(status, 400)
+    assert deny.headers["content-type"] == "application/json"
+    server = Server(deny)
+    with pytest.raises(error) as raised:
+        openai_client(server, max_retries=2).embeddings.create(model=MODEL, input="hi")
+    assert raised.value.status_code == deny.status
+    assert raised.value.message == f"Error code: {deny.status} - {TEXT}"
+    assert raised.value.body == {
+        "message": TEXT,
+        "type": "content_policy_violation",
+        "param": None,
+        "code": "content_policy_violation",
+    }
+    assert raised.value.code == "content_policy_violation"
+    assert len(server.calls) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("protocol", ALL)
+@pytest.mark.parametrize("status", RETRIED + NOT_RETRIED)
+def test_headers(protocol: Protocol, stream: bool, status) -> None:
+    deny = build_deny(protocol, TEXT, status=status, stream=stream, model=MODEL)
+    streamed = stream and protocol != "openai-embeddings"
+    expected = {
+        "content-type": "text/event-stream; charset=utf-8" if streamed else "application/json",
+        "x-lakera-guard": "blocked",
+    }
+    if streamed:
+        expected["cache-control"] = "no-cache"
+    if status in RETRIED:
+        expected["x-should-retry"] = "false"
+    assert deny.headers == expected
+    if protocol != "openai-embeddings":
+        assert deny.status == status
+
+
+@pytest.mark.parametrize("protocol", ALL)
+def test_non_streamed_body_is_compact_utf8_json(protocol: Protocol) -> None:
+    deny = build_deny(protocol, TEXT, status=200, stream=False, model=MODEL)
+    decoded = deny.body.decode("utf-8")
+    assert TEXT.replace("\\", "\\\\").replace('"', '\\"') in decoded  # not \\u-escaped
+    assert json.dumps(json.loads(decoded), ensure_ascii=False, separators=(",", ":")) == decoded
+
+
+def sse_events(body: bytes) -> list[tuple[str | None, str]]:
+    text = body.decode("utf-8")
+    assert text.endswith("\n\n")
+    events = []
+    for block in text[:-2].split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        assert set(fields) <= {"event", "data"}
+        events.append((fields.get("event"), fields["data"]))
+    return events
+
+
+def test_chat_stream_wire_format() -> None:
+    deny = build_deny("openai-chat", TEXT, status=200, stream=True, model=None)
+    events = sse_events(deny.body)
+    assert all(event is None for event, _ in events)
+    assert events[-1][1] == "[DONE]"
+    chunks = [json.loads(data) for _, data in events[:-1]]
+    assert [c["choices"][0]["delta"] for c in chunks] == [
+        {"role": "assistant", "content": "", "refusal": None},
+        {"content": TEXT},
+        {},
+    ]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, "stop"]
+    assert {c["model"] for c in chunks} == {"lakera-guard"}
+
+
+@pytest.mark.parametrize("protocol", ["anthropic-messages", "openai-responses"])
+def test_named_stream_wire_format(protocol: Protocol) -> None:
+    deny = build_deny(protocol, TEXT, status=200, stream=True, model=MODEL)
+    for event, data in sse_events(deny.body):
+        assert json.loads(data)["type"] == event
+
+
+@pytest.mark.parametrize("protocol", ["openai-chat", "openai-responses", "anthropic-messages"])
+def test_model_defaults_and_ids_differ(protocol: Protocol) -> None:
+    first = json.loads(build_deny(protocol, TEXT, status=200, stream=False, model=None).body)
+    second = json.loads(build_deny(protocol, TEXT, status=200, stream=False, model=None).body)
+    assert first["model"] == "lakera-guard"
+    assert first["id"] != second["id"]
+
+
+@pytest.mark.parametrize("text", ["", "x", "multi\nline\n\ntext\r\n", "data: [DONE]\n\n"])
+@pytest.mark.parametrize(("protocol", "stream", "reader"), CASES)
+def test_awkward_texts_survive(protocol: Protocol, stream: bool, reader: Reader, text) -> None:
+    server = Server(build_deny(protocol, text, status=200, stream=stream, model=MODEL))
+    assert reader(server, MODEL, 0) == (text, MODEL)
