@@ -83,14 +83,32 @@ class LakeraGuard:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if "stream_large_bodies" in updated and "lakera_config" not in updated:
+            self._check_streaming_options(self.config)
         if "lakera_config" not in updated:
             return
         try:
-            self.config = load_config(ctx.options.lakera_config or None)
+            config = load_config(ctx.options.lakera_config or None)
         except ConfigError as e:
             raise exceptions.OptionsError(f"lakera_config: {e}") from e  # type: ignore[no-untyped-call]
-        routes = ", ".join(r.name for r in self.config.routes)
-        logger.info("lakera guard active: config %s; routes: %s", self.config.source, routes)
+        self._check_streaming_options(config)
+        self.config = config
+        routes = ", ".join(r.name for r in config.routes)
+        logger.info("lakera guard active: config %s; routes: %s", config.source, routes)
+
+    @staticmethod
+    def _check_streaming_options(config: Config | None) -> None:
+        """Refuse mitmproxy's `stream_large_bodies` while routes are screened: it switches a
+        body past its threshold to streaming even after the addon asked to hold it (its check
+        runs again on every chunk, mitmproxy-addon-notes 1.6), so a large prompt would reach
+        the LLM, and a large answer the client, before Lakera's verdict."""
+        threshold = getattr(ctx.options, "stream_large_bodies", None)
+        if threshold and config is not None and config.routes:
+            raise exceptions.OptionsError(  # type: ignore[no-untyped-call]
+                f"stream_large_bodies={threshold} would let mitmproxy stream screened prompts "
+                "and answers past lakera_addon before they are screened; unset it "
+                "(lakera_addon holds at most max_body_bytes of one body)"
+            )
 
     def done(self) -> None:
         # Sync, so that a script reload can call it; closing the pool needs the running loop.
@@ -113,8 +131,12 @@ class LakeraGuard:
             return
         settings = route.settings
         reporting.start(flow, route, None)
-        if len(flow.request.raw_content or b"") > settings.max_body_bytes:
+        reason = None
+        if flow.request.stream or flow.request.raw_content is None:
+            reason = "request body was streamed by mitmproxy (stream_large_bodies), not held"
+        elif len(flow.request.raw_content) > settings.max_body_bytes:
             reason = f"request body larger than max_body_bytes ({settings.max_body_bytes})"
+        if reason is not None:
             self._fail(flow, route, routing.guess_protocol(flow.request.path), reason)
             return
         try:
@@ -134,11 +156,9 @@ class LakeraGuard:
     ) -> tuple[FlowState, list[extract.Message]]:
         """The flow's protocol, model and stream flag, and the messages to screen."""
         try:
-            content = flow.request.get_content(strict=True)
+            content = flow.request.get_content(strict=True) or b""
         except ValueError as e:
             raise UnreadableBody(f"request body cannot be decoded: {e}") from e
-        if content is None:
-            raise UnreadableBody("request body was streamed by mitmproxy, not buffered")
         try:
             body = json.loads(content)
         except ValueError as e:
@@ -210,6 +230,7 @@ class LakeraGuard:
         if state is None or flow.response is None:
             return
         if not routing.is_event_stream(flow.response.headers.get("content-type")):
+            flow.response.stream = False  # a JSON answer is screened whole
             return
         if state.settings.shadow:  # pass-through: forward every chunk at once
             state.tap = StreamTap(

@@ -160,11 +160,15 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def run_mitmdump_once(
-    config: Path | None, workdir: Path, env: dict[str, str] | None = None, timeout: float = 30
+    config: Path | None,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+    extra: tuple[str, ...] = (),
 ) -> tuple[int | None, str]:
     """Start mitmdump expecting it to refuse to start; (exit code or None if it ran, output)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    command = mitmdump_command(config, "http://127.0.0.1:9", workdir / "confdir")
+    command = mitmdump_command(config, "http://127.0.0.1:9", workdir / "confdir", extra)
     environment = {**os.environ, **(env or {})}
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment, cwd=workdir

@@ -29,6 +29,7 @@ ROUTES = [
     route("alert", action="alert"),
     route("block-open", fail_open=True),
     route("shadow", action="alert", fail_open=True, timeout=2000),
+    route("shadow-slow", action="alert", fail_open=True, timeout=5000),
     route("badkey", api_key="wrong-key"),
     route("unreachable", lakera_endpoint="http://127.0.0.1:1/v2/guard"),
     route("unreachable-open", lakera_endpoint="http://127.0.0.1:1/v2/guard", fail_open=True),
@@ -40,6 +41,8 @@ ROUTES = [
     route("failmode-warn", fail_mode="warn"),
     route("failmode-error", fail_mode="error"),
     route("small", max_body_bytes=4096),
+    route("small-open", max_body_bytes=4096, fail_open=True),
+    route("output", direction="output"),
 ]
 
 

@@ -60,8 +60,11 @@ def test_flagged_prompt_denied_openai_chat(clients: Clients, proxy: Proxy, llm, 
     assert record["comment"] == "lakera: request blocked: flagged (prompt_attack)"
     assert record["lakera"]["request"]["detector_types"] == ["prompt_attack"]
     assert record["lakera"]["request"]["request_uuid"]
-    assert proxy.wait_for_log("route=block]: detector types prompt_attack; action=block, "
-                              "blocking request")
+    lines = proxy.wait_for_log("route=block]: detector types prompt_attack; action=block, "
+                               "blocking request")
+    # the whole breakdown, undetected detectors included, and Lakera's request id
+    assert '"detector_type":"pii/credit_card","detected":false' in lines[-1]
+    assert f"request_uuid={record['lakera']['request']['request_uuid']}" in proxy.log()
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -184,14 +187,14 @@ def test_timeout_is_one_overall_deadline(clients: Clients, proxy: Proxy, lakera)
 
 def test_shadow_mode_does_not_wait_for_lakera(clients: Clients, proxy: Proxy, llm) -> None:
     """alert + fail_open: forwarded at once; the verdict arrives later in log and metadata."""
-    c = clients.make("shadow")
+    c = clients.make("shadow-slow")
     started = time.monotonic()
     answer = c.openai.chat.completions.create(
         model="m",
-        messages=[{"role": "user", "content": f"lakera-sleep-1500 {ATTACK_TRIGGER} {c.id}"}])
+        messages=[{"role": "user", "content": f"lakera-sleep-3000 {ATTACK_TRIGGER} {c.id}"}])
     elapsed = time.monotonic() - started
     assert answer.choices[0].message.content == UPSTREAM_TEXT
-    assert elapsed < 1.0, f"shadow mode waited {elapsed:.2f} s for a 1.5 s Lakera"
+    assert elapsed < 1.5, f"shadow mode waited {elapsed:.2f} s for a 3 s Lakera"
     first = proxy.wait_for_record(c.id, lambda r: r["hook"] == "response")
     assert first["lakera"]["request"]["verdict"] == "pending"
     later = proxy.wait_for_record(
@@ -199,7 +202,7 @@ def test_shadow_mode_does_not_wait_for_lakera(clients: Clients, proxy: Proxy, ll
         timeout=10)
     assert later["hook"] == "update"
     assert later["marked"] == ":warning:"
-    assert proxy.wait_for_log("route=shadow]: detector types prompt_attack")
+    assert proxy.wait_for_log("route=shadow-slow]: detector types prompt_attack")
 
 
 def test_shadow_mode_blocks_nothing_with_a_streamed_deny_shape(clients: Clients, llm) -> None:
@@ -208,6 +211,18 @@ def test_shadow_mode_blocks_nothing_with_a_streamed_deny_shape(clients: Clients,
         model="m", stream=True, messages=[{"role": "user", "content": f"{ATTACK_TRIGGER} {c.id}"}])
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == UPSTREAM_TEXT
+
+
+def test_injection_in_an_assistant_turn_is_blocked(clients: Clients, lakera, llm) -> None:
+    c = clients.make("block")
+    answer = c.openai.chat.completions.create(model="m", messages=[
+        {"role": "system", "content": f"Be brief {c.id}"},
+        {"role": "assistant", "content": f"{ATTACK_TRIGGER}"},
+        {"role": "user", "content": "go on"}])
+    assert answer.choices[0].message.content == DENY
+    assert [m["role"] for m in lakera_bodies(lakera, c.id)[0]["messages"]] == [
+        "system", "assistant", "user"]
+    assert not llm_saw(llm, c.id)
 
 
 def test_roles_system_and_tool_text_reach_lakera(clients: Clients, lakera) -> None:
