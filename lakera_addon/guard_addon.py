@@ -72,6 +72,11 @@ class LakeraGuard:
     # --- options -------------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
+        # httpx logs every Lakera call at INFO ("HTTP Request: POST ..."): noise in mitmproxy's
+        # event log next to the addon's own verdict lines. Quieten it unless someone set it.
+        for name in ("httpx", "httpcore"):
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
         loader.add_option(
             "lakera_config",
             str,

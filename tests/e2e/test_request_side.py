@@ -37,6 +37,7 @@ def test_clean_prompt_is_forwarded(clients: Clients, proxy: Proxy, lakera, llm) 
     assert record["lakera"]["request"]["verdict"] == "clean"
     assert record["comment"] == "lakera: request clean; response clean"
     assert record["marked"] == ""
+    assert "HTTP Request: POST" not in proxy.log()  # httpx's own per-call INFO line
 
 
 @pytest.mark.parametrize("stream", [False, True])
