@@ -54,6 +54,7 @@ class Settings:
     reveal_failure_categories: bool = False
     fail_mode: FailMode = "skip"
     max_body_bytes: int = 8 * 1024 * 1024
+    max_screen_bytes: int = 128_000  # Lakera's documented content limit per call (128 kB)
 
     @property
     def scans_input(self) -> bool:
@@ -162,6 +163,13 @@ def parse_size(value: object) -> int:
     return size
 
 
+def _screen_size(value: object) -> int:
+    size = parse_size(value)
+    if size < 1024:
+        raise ValueError("a size in bytes from 1024 to 1 GiB, e.g. 128000 or '1 MiB'")
+    return size
+
+
 def _endpoint(value: object) -> str:
     allowed = "an http:// or https:// URL"
     if not isinstance(value, str):
@@ -201,6 +209,7 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "reveal_failure_categories": _bool,
     "fail_mode": _choice("skip", "warn", "error"),
     "max_body_bytes": parse_size,
+    "max_screen_bytes": _screen_size,
 }
 SETTING_KEYS = frozenset(_PARSERS) | {"api_key"}
 ROUTE_KEYS = frozenset({"name", "hosts", "paths", "protocol"})

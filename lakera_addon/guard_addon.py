@@ -22,6 +22,7 @@ from lakera_addon import assembly
 from lakera_addon import extract
 from lakera_addon import reporting
 from lakera_addon import routing
+from lakera_addon import screen_budget
 from lakera_addon.configuration import Config
 from lakera_addon.configuration import ConfigError
 from lakera_addon.configuration import Route
@@ -191,9 +192,22 @@ class LakeraGuard:
         if not messages:
             self._record(flow, state.route, "request", Decision("unscanned", False, "no text"))
             return
+        limit = state.settings.max_screen_bytes
+        fitted = screen_budget.fit_request(messages, limit)
+        if fitted is None:
+            self._fail(flow, state.route, state.protocol,
+                       f"the system prompt and the newest message alone exceed "
+                       f"max_screen_bytes ({limit})", state)
+            return
+        if fitted.dropped:
+            reporting.cut(flow, state.route, "request",
+                          f"{fitted.dropped} older of {len(messages)} messages left out to fit "
+                          f"max_screen_bytes ({limit}); sent the system prompt and the "
+                          f"{len(fitted.messages)} most recent")
+        messages = fitted.messages
         if state.settings.shadow:  # nothing can block: forward now, log the verdict later
             reporting.pending(flow, "request")
-            self._spawn(self._background_scan(flow, state.route, "request", messages),
+            self._spawn(self._background_scan(flow, state.route, "request", [messages]),
                         "lakera shadow request scan")
             return
         verdict = await self.lakera.screen(state.settings, messages)
@@ -221,12 +235,19 @@ class LakeraGuard:
             flow.marked = reporting.MARK_BLOCKED
             flow.comment = f"lakera: request blocked: unreadable ({reason})"
 
-    def _fail(self, flow: http.HTTPFlow, route: Route, protocol: Protocol, reason: str) -> None:
+    def _fail(
+        self,
+        flow: http.HTTPFlow,
+        route: Route,
+        protocol: Protocol,
+        reason: str,
+        state: FlowState | None = None,
+    ) -> None:
         """A failure found before Lakera was asked: `fail_open` decides."""
         decision = decide_failure(reason, route.settings)
         self._record(flow, route, "request", decision)
         if decision.deny:
-            self._deny(flow, FlowState(route, protocol, None, False), "request", None)
+            self._deny(flow, state or FlowState(route, protocol, None, False), "request", None)
 
     # --- response side -------------------------------------------------------------------
 
@@ -293,7 +314,8 @@ class LakeraGuard:
             self._record(flow, state.route, "response",
                          Decision("unscanned", False, "no assistant text"))
             return
-        verdict = await self.lakera.screen(settings, [{"role": "assistant", "content": text}])
+        verdict = await self.lakera.screen_parts(
+            settings, self._answer_parts(flow, state.route, text))
         decision = decide(verdict, settings)
         self._record(flow, state.route, "response", decision, verdict)
         if decision.deny:
@@ -333,17 +355,34 @@ class LakeraGuard:
             self._record(flow, state.route, "response",
                          Decision("unscanned", False, "no assistant text"))
         else:
-            messages: list[extract.Message] = [{"role": "assistant", "content": result.text}]
-            await self._background_scan(flow, state.route, "response", messages)
+            parts = self._answer_parts(flow, state.route, result.text)
+            await self._background_scan(flow, state.route, "response", parts)
             return
         self._notify(flow)
 
     # --- shared --------------------------------------------------------------------------
 
+    def _answer_parts(
+        self, flow: http.HTTPFlow, route: Route, text: str
+    ) -> list[list[extract.Message]]:
+        """An answer as the message lists to screen: one, or overlapping parts if it is larger
+        than one Lakera call may carry."""
+        limit = route.settings.max_screen_bytes
+        parts = screen_budget.split_text(text, limit)
+        if len(parts) > 1:
+            reporting.cut(flow, route, "response",
+                          f"answer screened in {len(parts)} overlapping parts of at most "
+                          f"max_screen_bytes ({limit})")
+        return [[{"role": "assistant", "content": part}] for part in parts]
+
     async def _background_scan(
-        self, flow: http.HTTPFlow, route: Route, side: Side, messages: list[extract.Message]
+        self,
+        flow: http.HTTPFlow,
+        route: Route,
+        side: Side,
+        parts: list[list[extract.Message]],
     ) -> None:
-        verdict = await self.lakera.screen(route.settings, messages)
+        verdict = await self.lakera.screen_parts(route.settings, parts)
         self._record(flow, route, side, decide(verdict, route.settings), verdict)
         self._notify(flow)
 

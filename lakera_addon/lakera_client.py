@@ -39,6 +39,24 @@ class Verdict:
         return self.failure is not None
 
 
+def merge(verdicts: Sequence[Verdict]) -> Verdict:
+    """One verdict for a text screened in parts: a failure if any part failed, else flagged if
+    any part was flagged; detector types and breakdowns of all parts."""
+    failed = next((v for v in verdicts if v.failure is not None), None)
+    latency = max((v.latency_ms for v in verdicts), default=0.0)
+    if failed is not None:
+        return Verdict(False, failure=failed.failure, latency_ms=latency)
+    types = tuple(dict.fromkeys(t for v in verdicts for t in v.detector_types))
+    flagged = next((v for v in verdicts if v.flagged), None)
+    return Verdict(
+        flagged is not None,
+        detector_types=types,
+        breakdown=tuple(e for v in verdicts for e in v.breakdown),
+        request_uuid=(flagged or verdicts[0]).request_uuid if verdicts else None,
+        latency_ms=latency,
+    )
+
+
 def build_payload(settings: Settings, messages: Sequence[Message]) -> dict[str, Any]:
     payload: dict[str, Any] = {"messages": list(messages), "breakdown": True}
     if settings.project_id:
@@ -110,7 +128,11 @@ class LakeraClient:
         headers = {"content-type": "application/json"}
         if settings.api_key:
             headers["authorization"] = f"Bearer {settings.api_key}"
-        body = json.dumps(build_payload(settings, messages), ensure_ascii=False).encode()
+        payload = build_payload(settings, messages)
+        try:
+            body = json.dumps(payload, ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): send it escaped
+            body = json.dumps(payload).encode()
         client = self._client(settings.ssl_verify)
         started = time.perf_counter()
 
@@ -129,6 +151,14 @@ class LakeraClient:
             return Verdict(False, failure=f"failed to reach Lakera Guard: "
                            f"{type(e).__name__}", latency_ms=elapsed())
         return classify(response.status_code, response.content, elapsed())
+
+    async def screen_parts(
+        self, settings: Settings, parts: Sequence[Sequence[Message]]
+    ) -> Verdict:
+        """Screen several message lists at once (an answer larger than one call may carry)."""
+        if len(parts) == 1:
+            return await self.screen(settings, parts[0])
+        return merge(await asyncio.gather(*(self.screen(settings, p) for p in parts)))
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

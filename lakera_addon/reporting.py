@@ -45,7 +45,19 @@ def start(flow: http.HTTPFlow, route: Route, protocol: str | None) -> None:
 
 
 def pending(flow: http.HTTPFlow, side: Side) -> None:
-    metadata(flow)[side] = {"verdict": "pending"}
+    entry = metadata(flow)
+    record = entry.get(side)
+    entry[side] = {**(record if isinstance(record, dict) else {}), "verdict": "pending"}
+
+
+def cut(flow: http.HTTPFlow, route: Route, side: Side, how: str) -> None:
+    """Only part of a side fitted in one Lakera call (screen_budget): say so, without text."""
+    entry = metadata(flow)
+    record = entry.get(side)
+    if not isinstance(record, dict):
+        record = entry[side] = {"verdict": "pending"}
+    record["cut"] = how
+    logger.info("%s screened in part [%s route=%s]: %s", side, flow_label(flow), route.name, how)
 
 
 def _side_record(decision: Decision, verdict: Verdict | None) -> dict[str, Any]:
@@ -104,7 +116,10 @@ def record(
 ) -> None:
     """Store the decision on the flow and log it."""
     entry = metadata(flow)
+    previous = entry.get(side)
     entry[side] = _side_record(decision, verdict)
+    if isinstance(previous, dict) and "cut" in previous:
+        entry[side]["cut"] = previous["cut"]
     _refresh_view(flow, entry)
     _log(flow, route, side, decision, verdict)
 

@@ -7,9 +7,13 @@ import pytest
 from lakera_addon.configuration import Settings
 from lakera_addon.decision import decide
 from lakera_addon.decision import deny_text
+from lakera_addon.lakera_client import LakeraClient
 from lakera_addon.lakera_client import Verdict
 from lakera_addon.lakera_client import build_payload
 from lakera_addon.lakera_client import classify
+from lakera_addon.lakera_client import merge
+from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
+from lakera_addon.standins.lakera_guard import LakeraGuardStandin
 
 FLAGGED = json.dumps({
     "flagged": True,
@@ -98,3 +102,38 @@ def test_deny_text() -> None:
     with_result = Verdict(True, detector_types=("prompt_attack",), breakdown=(
         {"detector_type": "prompt_attack", "detected": True, "result": "l1_confident"},))
     assert deny_text("request", with_result, reveal).endswith("prompt_attack (l1_confident)")
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "flagged", "failure", "types"),
+    [
+        ([Verdict(False), Verdict(False)], False, None, ()),
+        ([Verdict(False), Verdict(True, detector_types=("pii/email",))], True, None,
+         ("pii/email",)),
+        ([Verdict(True, detector_types=("a",)), Verdict(True, detector_types=("b", "a"))],
+         True, None, ("a", "b")),
+        ([Verdict(True), Verdict(False, failure="Lakera Guard returned status 500")], False,
+         "Lakera Guard returned status 500", ()),
+    ],
+)
+def test_merge_of_parts(verdicts, flagged, failure, types) -> None:
+    merged = merge(verdicts)
+    assert (merged.flagged, merged.failure, merged.detector_types) == (flagged, failure, types)
+
+
+async def test_lone_surrogates_and_parts_reach_lakera() -> None:
+    """JSON allows "\\ud800"; such text must still be screened, not raise in the hook."""
+    with LakeraGuardStandin(api_key="k") as lakera:
+        client = LakeraClient()
+        settings = Settings(api_key="k", lakera_endpoint=f"{lakera.url}/v2/guard")
+        try:
+            clean = await client.screen(settings, [{"role": "user", "content": "hi \ud800"}])
+            parts = await client.screen_parts(settings, [
+                [{"role": "assistant", "content": "part one"}],
+                [{"role": "assistant", "content": f"two {ATTACK_TRIGGER}"}]])
+        finally:
+            await client.aclose()
+    assert clean.failure is None and clean.flagged is False
+    assert lakera.received[0]["messages"][0]["content"] == "hi \ud800"
+    assert parts.flagged and parts.detector_types == ("prompt_attack",)
+    assert len(lakera.received) == 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -89,6 +90,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
+    def setup(self) -> None:
+        # TLS: the listening socket does not handshake on accept, so a slow or failing client
+        # handshake happens here, in this connection's thread, not in the accept loop.
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()
+        super().setup()
+
     def _dispatch(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -123,11 +131,16 @@ class _Server(ThreadingHTTPServer):
 
 
 class BackgroundServer:
-    """Serves an app on loopback from a background thread; a context manager."""
+    """Serves an app on loopback from a background thread; a context manager.
 
-    def __init__(self, app: App, host: str = "127.0.0.1", port: int = 0) -> None:
+    With `ssl_context` (a server-side context with a certificate loaded) it serves HTTPS; the
+    attribute may also be set after construction, as long as it is before `start()`."""
+
+    def __init__(self, app: App, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._server = _Server((host, port), app)
         self._thread: threading.Thread | None = None
+        self.ssl_context = ssl_context
 
     @property
     def port(self) -> int:
@@ -135,9 +148,13 @@ class BackgroundServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> Self:
+        if self.ssl_context is not None and not isinstance(self._server.socket, ssl.SSLSocket):
+            self._server.socket = self.ssl_context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )

@@ -43,6 +43,7 @@ ROUTES = [
     route("small", max_body_bytes=4096),
     route("small-open", max_body_bytes=4096, fail_open=True),
     route("output", direction="output"),
+    route("budget", max_screen_bytes=4096),
 ]
 
 
