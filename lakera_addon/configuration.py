@@ -170,14 +170,28 @@ def _screen_size(value: object) -> int:
     return size
 
 
+def _deny_code(value: object) -> int:
+    code = _int_range(200, 599)(value)
+    if code in (204, 205, 304):  # statuses that cannot carry the refusal's body
+        raise ValueError("an HTTP status from 200 to 599 that has a body (not 204, 205, 304)")
+    return code
+
+
 def _endpoint(value: object) -> str:
     allowed = "an http:// or https:// URL"
     if not isinstance(value, str):
         raise ValueError(allowed)
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises for a port out of range or not a number
+    except ValueError:
+        raise ValueError(allowed) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
         raise ValueError(allowed)
     return value
+
+
+_HEADER_SAFE = re.compile(r"[!-~]+")
 
 
 def _api_key(value: object, environ: Mapping[str, str]) -> str | None:
@@ -191,7 +205,10 @@ def _api_key(value: object, environ: Mapping[str, str]) -> str | None:
         resolved = environ.get(name)
         if not name or not resolved:
             raise ValueError(f"{allowed} ({value} is not set)")
-        return resolved
+        value = resolved
+    if not _HEADER_SAFE.fullmatch(value):  # it goes into an HTTP header; never echo it
+        raise ValueError("printable ASCII without spaces (a pasted key with a typographic "
+                         "quote or a line break?)")
     return value
 
 
@@ -203,7 +220,7 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "fail_open": _bool,
     "timeout": _int_range(1, 600_000, " milliseconds"),
     "ssl_verify": _bool,
-    "deny_code": _int_range(200, 599),
+    "deny_code": _deny_code,
     "request_failure_message": _string,
     "response_failure_message": _string,
     "reveal_failure_categories": _bool,

@@ -6,6 +6,7 @@ Pure functions over the parsed JSON body. A body of the wrong shape for its prot
 
 from __future__ import annotations
 
+import re
 from typing import TypedDict
 
 from lakera_addon import protocols
@@ -160,3 +161,12 @@ def request_model(body: dict[str, object]) -> str | None:
 
 def request_streams(protocol: Protocol, body: dict[str, object]) -> bool:
     return protocol != protocols.OPENAI_EMBEDDINGS and body.get("stream") is True
+
+
+_STREAM_TRUE = re.compile(rb'(?<!\\)"stream"\s*:\s*true')
+
+
+def sniff_stream(raw: bytes) -> bool:
+    """Whether a body the addon does not parse (too large, streamed) asks to stream, for the
+    shape of a deny. A `"stream": true` inside a JSON string is escaped and does not match."""
+    return _STREAM_TRUE.search(raw) is not None

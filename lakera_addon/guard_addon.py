@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import weakref
+from collections.abc import Callable
 from collections.abc import Coroutine
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.utils import asyncio_utils
 
 from lakera_addon import assembly
+from lakera_addon import content_decoding
 from lakera_addon import extract
 from lakera_addon import reporting
 from lakera_addon import routing
@@ -56,6 +58,36 @@ class FlowState:
     @property
     def settings(self) -> Settings:
         return self.route.settings
+
+
+OFF_LOOP_BYTES = 256 * 1024  # parse bodies larger than this in a worker thread
+
+
+async def _off_loop[T](function: Callable[..., T], *args: Any) -> T:
+    """Run CPU-heavy parsing of a large body without stalling mitmproxy's event loop."""
+    return await asyncio.to_thread(function, *args)
+
+
+class TooDeep(Exception):
+    """Valid JSON nested deeper than Python's parser goes: it cannot be screened, but an
+    upstream may well accept it, so it is a failure (`fail_open`), not an unreadable body."""
+
+
+async def _parse_json(content: bytes) -> Any:
+    """The parsed body, or None if it is not JSON; TooDeep if it nests too deeply."""
+
+    def parse() -> Any:
+        try:
+            return json.loads(content)
+        except RecursionError:
+            return TooDeep
+        except ValueError:
+            return None
+
+    body = await _off_loop(parse) if len(content) > OFF_LOOP_BYTES else parse()
+    if body is TooDeep:
+        raise TooDeep("nests too deeply to be screened")
+    return body
 
 
 class UnreadableBody(Exception):
@@ -135,18 +167,29 @@ class LakeraGuard:
         route = self.config.route_for(hosts, flow.request.path)
         if route is None:
             return
-        settings = route.settings
         reporting.start(flow, route, None)
-        reason = None
-        if flow.request.stream or flow.request.raw_content is None:
-            reason = "request body was streamed by mitmproxy (stream_large_bodies), not held"
-        elif len(flow.request.raw_content) > settings.max_body_bytes:
-            reason = f"request body larger than max_body_bytes ({settings.max_body_bytes})"
-        if reason is not None:
-            self._fail(flow, route, routing.guess_protocol(flow.request.path), reason)
-            return
         try:
-            state, messages = self._read_request(flow, route)
+            await self._guard_request(flow, route)
+        except Exception as e:  # a bug must not let the request skip the decision
+            self._internal_error(flow, route, "request", e, self._flows.get(flow))
+
+    async def _guard_request(self, flow: http.HTTPFlow, route: Route) -> None:
+        settings = route.settings
+        raw = flow.request.raw_content
+        try:
+            if flow.request.stream or raw is None:
+                raise content_decoding.TooLarge(
+                    "request body was streamed by mitmproxy, not held")
+            state, messages = await self._read_request(flow, route)
+        except (content_decoding.TooLarge, TooDeep) as e:
+            reason = str(e) if raw is None else f"request body {e}"
+            guessed = FlowState(route, routing.guess_protocol(flow.request.path), None,
+                                extract.sniff_stream(raw or b""))
+            if settings.scans_input:
+                self._fail(flow, route, reason, guessed)
+            if not guessed.denied and settings.scans_output:
+                self._flows[flow] = guessed  # the answer can still be screened
+            return
         except UnreadableBody as e:
             self._unreadable(flow, route, str(e))
             return
@@ -157,18 +200,22 @@ class LakeraGuard:
         if settings.scans_input:
             await self._screen_request(flow, state, messages)
 
-    def _read_request(
+    async def _read_request(
         self, flow: http.HTTPFlow, route: Route
     ) -> tuple[FlowState, list[extract.Message]]:
         """The flow's protocol, model and stream flag, and the messages to screen."""
+        limit = route.settings.max_body_bytes
         try:
-            content = flow.request.get_content(strict=True) or b""
+            content = content_decoding.decode_bounded(
+                flow.request.raw_content or b"", flow.request.headers.get("content-encoding"),
+                limit)
+        except content_decoding.TooLarge:
+            raise
         except ValueError as e:
             raise UnreadableBody(f"request body cannot be decoded: {e}") from e
-        try:
-            body = json.loads(content)
-        except ValueError as e:
-            raise UnreadableBody("request body is not JSON") from e
+        body = await _parse_json(content)
+        if body is None:
+            raise UnreadableBody("request body is not JSON")
         if not isinstance(body, dict):
             raise UnreadableBody("request body is not a JSON object")
         protocol = routing.detect_protocol(route.protocol, flow.request.path, body)
@@ -195,9 +242,8 @@ class LakeraGuard:
         limit = state.settings.max_screen_bytes
         fitted = screen_budget.fit_request(messages, limit)
         if fitted is None:
-            self._fail(flow, state.route, state.protocol,
-                       f"the system prompt and the newest message alone exceed "
-                       f"max_screen_bytes ({limit})", state)
+            self._fail(flow, state.route, f"the system prompt and the newest message alone "
+                       f"exceed max_screen_bytes ({limit})", state)
             return
         if fitted.dropped:
             reporting.cut(flow, state.route, "request",
@@ -235,19 +281,12 @@ class LakeraGuard:
             flow.marked = reporting.MARK_BLOCKED
             flow.comment = f"lakera: request blocked: unreadable ({reason})"
 
-    def _fail(
-        self,
-        flow: http.HTTPFlow,
-        route: Route,
-        protocol: Protocol,
-        reason: str,
-        state: FlowState | None = None,
-    ) -> None:
-        """A failure found before Lakera was asked: `fail_open` decides."""
+    def _fail(self, flow: http.HTTPFlow, route: Route, reason: str, state: FlowState) -> None:
+        """A request-side failure found before Lakera was asked: `fail_open` decides."""
         decision = decide_failure(reason, route.settings)
         self._record(flow, route, "request", decision)
         if decision.deny:
-            self._deny(flow, state or FlowState(route, protocol, None, False), "request", None)
+            self._deny(flow, state, "request", None)
 
     # --- response side -------------------------------------------------------------------
 
@@ -272,18 +311,24 @@ class LakeraGuard:
         state = self._output_state(flow)
         if state is None or flow.response is None:
             return
+        self._flows.pop(flow, None)  # exactly one scan per response
         if state.tap is not None:
             self._spawn(self._background_stream_scan(flow, state, state.tap),
                         "lakera pass-through scan")
             return
-        await self._screen_held(flow, state)
+        try:
+            await self._screen_held(flow, state)
+        except Exception as e:  # a bug must not release a held answer unscreened
+            self._internal_error(flow, state.route, "response", e, state)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        state = self._flows.get(flow)
-        if state is not None and state.tap is not None and not state.denied:
-            self._spawn(self._background_stream_scan(flow, state, state.tap),
-                        "lakera pass-through scan")
-            state.tap = None
+        state = self._flows.pop(flow, None)
+        if state is None or state.tap is None or state.denied:
+            return
+        if flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE:
+            return  # killed on purpose (by the user or another addon)
+        self._spawn(self._background_stream_scan(flow, state, state.tap),
+                    "lakera pass-through scan")
 
     def _output_state(self, flow: http.HTTPFlow) -> FlowState | None:
         state = self._flows.get(flow)
@@ -292,7 +337,7 @@ class LakeraGuard:
         if flow.error or flow.response is None:
             return None
         status = flow.response.status_code
-        if status >= 400:
+        if not 200 <= status < 300 or status == 204:  # errors, redirects, empty answers
             self._flows.pop(flow, None)
             reason = f"upstream status {status}"
             self._record(flow, state.route, "response", Decision("unscanned", False, reason))
@@ -300,10 +345,8 @@ class LakeraGuard:
         return state
 
     async def _screen_held(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        assert flow.response is not None
-        self._flows.pop(flow, None)  # exactly one scan per response
         settings = state.settings
-        text, failure = self._response_text(flow, state)
+        text, failure = await self._response_text(flow, state)
         if failure is not None:
             decision = decide_failure(failure, settings)
             self._record(flow, state.route, "response", decision)
@@ -321,33 +364,47 @@ class LakeraGuard:
         if decision.deny:
             self._deny(flow, state, "response", verdict)
 
-    def _response_text(self, flow: http.HTTPFlow, state: FlowState) -> tuple[str, str | None]:
+    async def _response_text(
+        self, flow: http.HTTPFlow, state: FlowState
+    ) -> tuple[str, str | None]:
         """(assistant text, failure reason) of a buffered response."""
         assert flow.response is not None
         limit = state.settings.max_body_bytes
         if flow.response.stream:
-            return "", "response was streamed by mitmproxy, not held"
-        if len(flow.response.raw_content or b"") > limit:
-            return "", f"response larger than max_body_bytes ({limit} bytes)"
+            return "", "response was streamed by another addon, not held"
         try:
-            content = flow.response.get_content(strict=True) or b""
+            content = content_decoding.decode_bounded(
+                flow.response.raw_content or b"",
+                flow.response.headers.get("content-encoding"), limit)
+        except content_decoding.TooLarge as e:
+            return "", f"response {e}"
         except ValueError:
             return "", "response body cannot be decoded"
-        if len(content) > limit:
-            return "", f"response larger than max_body_bytes ({limit} bytes)"
         if routing.is_event_stream(flow.response.headers.get("content-type")):
-            result = assembly.assemble(state.protocol, content)
+            result = (assembly.assemble(state.protocol, content)
+                      if len(content) <= OFF_LOOP_BYTES
+                      else await _off_loop(assembly.assemble, state.protocol, content))
             return (result.text, None) if result.complete else ("", result.reason)
         try:
-            return assembly.response_text(state.protocol, json.loads(content)), None
-        except ValueError:
+            body = await _parse_json(content)
+        except TooDeep as e:
+            return "", f"response body {e}"
+        if body is None:
             return "", "response body is not JSON"
+        return assembly.response_text(state.protocol, body), None
 
     async def _background_stream_scan(
         self, flow: http.HTTPFlow, state: FlowState, tap: StreamTap
     ) -> None:
-        self._flows.pop(flow, None)
         result = tap.result()
+        partial = "" if result.complete else tap.partial_text
+        if partial:  # cut short (upstream or client): screen what the client received
+            reporting.cut(flow, state.route, "response",
+                          f"stream ended early ({result.reason}); screened the "
+                          f"{len(partial)} characters received")
+            parts = self._answer_parts(flow, state.route, partial)
+            await self._background_scan(flow, state.route, "response", parts)
+            return
         if not result.complete:
             self._record(flow, state.route, "response",
                          decide_failure(result.reason or "stream incomplete", state.settings))
@@ -361,6 +418,25 @@ class LakeraGuard:
         self._notify(flow)
 
     # --- shared --------------------------------------------------------------------------
+
+    def _internal_error(
+        self,
+        flow: http.HTTPFlow,
+        route: Route,
+        side: Side,
+        error: Exception,
+        state: FlowState | None,
+    ) -> None:
+        """An unexpected error while screening: logged with its traceback (never with content:
+        the addon's exceptions carry none), and decided like a failure (`fail_open`)."""
+        logger.error("lakera_addon internal error on %s [%s route=%s]: %s",
+                     side, reporting.flow_label(flow), route.name, type(error).__name__,
+                     exc_info=error)
+        decision = decide_failure(f"internal error ({type(error).__name__})", route.settings)
+        self._record(flow, route, side, decision)
+        if decision.deny and not (state and state.denied):
+            fallback = FlowState(route, routing.guess_protocol(flow.request.path), None, False)
+            self._deny(flow, state or fallback, side, None)
 
     def _answer_parts(
         self, flow: http.HTTPFlow, route: Route, text: str

@@ -150,6 +150,9 @@ class LakeraClient:
         except httpx.HTTPError as e:
             return Verdict(False, failure=f"failed to reach Lakera Guard: "
                            f"{type(e).__name__}", latency_ms=elapsed())
+        except Exception as e:  # never let a Lakera problem skip the decision
+            return Verdict(False, failure=f"cannot call Lakera Guard: {type(e).__name__}",
+                           latency_ms=elapsed())
         return classify(response.status_code, response.content, elapsed())
 
     async def screen_parts(

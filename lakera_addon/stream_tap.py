@@ -8,38 +8,10 @@ stream function loses that chunk, mitmproxy-addon-notes section 1.3) and never w
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Callable
-
-import brotli
-import zstandard
-
 from lakera_addon.assembly import StreamAssembler
 from lakera_addon.assembly import StreamResult
+from lakera_addon.content_decoding import make_decoder
 from lakera_addon.protocols import Protocol
-
-Decoder = Callable[[bytes], bytes]
-
-
-def make_decoder(content_encoding: str | None) -> Decoder | None:
-    """An incremental decoder for a Content-Encoding; raises ValueError if unsupported."""
-    encoding = (content_encoding or "identity").strip().lower()
-    if encoding == "identity":
-        return None
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        # wbits=47: gzip or zlib header, detected; deflate without header falls back below
-        inflater = zlib.decompressobj(47)
-        return inflater.decompress
-    if encoding == "br":
-        decompressor = brotli.Decompressor()
-
-        def brotli_decode(data: bytes) -> bytes:
-            return bytes(decompressor.process(data))
-
-        return brotli_decode
-    if encoding == "zstd":
-        return zstandard.ZstdDecompressor().decompressobj().decompress
-    raise ValueError(f"unsupported content-encoding {encoding!r}")
 
 
 class StreamTap:
@@ -76,6 +48,11 @@ class StreamTap:
         if self._decode is not None:
             data = self._decode(data)
         self._assembler.feed(data)
+
+    @property
+    def partial_text(self) -> str:
+        """The assistant text read so far (for a stream that was cut short)."""
+        return self._assembler.text if self._failure is None else ""
 
     def result(self) -> StreamResult:
         """The assembled stream; a failure to read it is an incomplete result with a reason."""

@@ -110,6 +110,11 @@ BAD_DOCUMENTS = [
     ({"timeout": True}, ["timeout", "an integer"]),
     ({"deny_code": 99}, ["deny_code", "from 200 to 599"]),
     ({"deny_code": 700}, ["deny_code", "from 200 to 599"]),
+    ({"deny_code": 204}, ["deny_code", "has a body (not 204, 205, 304)"]),
+    ({"api_key": "sk-lk\u2019abc"}, ["api_key", "printable ASCII without spaces"]),
+    ({"api_key": "sk-lk abc\n"}, ["api_key", "printable ASCII without spaces"]),
+    ({"lakera_endpoint": "http://127.0.0.1:99999/v2/guard"}, ["lakera_endpoint", "URL"]),
+    ({"lakera_endpoint": "http://127.0.0.1:0/v2/guard"}, ["lakera_endpoint", "URL"]),
     ({"fail_mode": "explode"}, ["fail_mode", "skip or warn or error"]),
     ({"max_body_bytes": "lots"}, ["max_body_bytes", "a size in bytes"]),
     ({"max_body_bytes": 0}, ["max_body_bytes", "a size in bytes"]),
@@ -142,6 +147,9 @@ def test_bad_documents_are_refused_with_one_line(document, parts) -> None:
     assert "\n" not in message
     for part in parts:
         assert part in message
+    key = document.get("api_key") if isinstance(document, dict) else None
+    if isinstance(key, str) and key and not key.startswith("$env://"):
+        assert key.strip() not in message  # a refused key is never echoed
 
 
 def test_hosted_endpoint_needs_a_key() -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 
@@ -158,3 +159,60 @@ def test_long_answer_is_screened_whole_in_parts(clients: Clients, proxy: Proxy, 
              if b["messages"][0]["role"] == "assistant" and "v v v" in b["messages"][0]["content"]
              and b["messages"][0]["content"].endswith(ATTACK_TRIGGER)]
     assert parts
+
+
+def test_deeply_nested_json_is_a_failure_not_a_skip(clients: Clients, proxy: Proxy,
+                                                    llm) -> None:
+    """Valid JSON that Python's parser cannot nest into may still be accepted upstream: it must
+    not pass as "unreadable" (fail_mode skip), but fail closed."""
+    c = clients.make("block")
+    deep = "[" * 20000 + "]" * 20000
+    body = ('{"model":"m","metadata":' + deep + ',"messages":[{"role":"user","content":"'
+            + f'{ATTACK_TRIGGER} {c.id}"' + '}]}')
+    response = c.http.post(f"{c.base}/v1/chat/completions", content=body.encode(),
+                           headers={"content-type": "application/json"})
+    assert response.json()["choices"][0]["message"]["content"] == DENY
+    assert not llm_saw(llm, c.id)
+    record = proxy.wait_for_record(c.id, lambda r: r["hook"] == "response")
+    assert record["lakera"]["request"]["failure"] == (
+        "request body nests too deeply to be screened")
+
+
+def test_compressed_request_bodies_are_screened_and_bounded(clients: Clients, proxy: Proxy,
+                                                            llm) -> None:
+    c = clients.make("block")
+    body = json.dumps({"model": "m", "messages": [
+        {"role": "user", "content": f"{ATTACK_TRIGGER} {c.id}"}]}).encode()
+    response = c.http.post(f"{c.base}/v1/chat/completions", content=gzip.compress(body),
+                           headers={"content-type": "application/json",
+                                    "content-encoding": "gzip"})
+    assert response.json()["choices"][0]["message"]["content"] == DENY
+    c2 = clients.make("block")  # 200 MiB of zeros in ~200 kB: never decoded whole
+    bomb = gzip.compress(b'{"model":"m","messages":[],"x":"' + b"0" * (200 << 20) + b'"}')
+    response = c2.http.post(f"{c2.base}/v1/chat/completions", content=bomb,
+                            headers={"content-type": "application/json",
+                                     "content-encoding": "gzip"})
+    assert response.json()["choices"][0]["message"]["content"] == DENY
+    record = proxy.wait_for_record(c2.id, lambda r: r["hook"] == "response")
+    assert record["lakera"]["request"]["failure"] == (
+        "request body larger than max_body_bytes (8388608 bytes) once decoded")
+    assert not llm_saw(llm, c2.id)
+
+
+def test_oversized_request_deny_streams_when_asked(clients: Clients) -> None:
+    c = clients.make("small")
+    chunks = c.openai.chat.completions.create(
+        model="m", stream=True, messages=[{"role": "user", "content": "q" * 5000}])
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == DENY
+
+
+def test_oversized_request_let_through_still_has_its_answer_screened(clients: Clients,
+                                                                     proxy: Proxy) -> None:
+    c = clients.make("small-open")
+    answer = c.openai.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "q" * 5000}],
+        extra_headers={"x-standin-reply": ATTACK_TRIGGER, "x-test-id": c.id})
+    assert answer.choices[0].message.content == "Response blocked by Lakera Guard"
+    record = proxy.wait_for_record(c.id, lambda r: r["hook"] == "response")
+    assert record["lakera"]["request"]["verdict"] == "failure"
+    assert record["lakera"]["response"]["verdict"] == "flagged"

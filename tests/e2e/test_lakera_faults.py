@@ -36,6 +36,7 @@ from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import LakeraGuardStandin
 from lakera_addon.standins.llm_upstream import LLMUpstreamStandin
 from tests.e2e.clients import Client
+from tests.e2e.clients import lakera_bodies
 from tests.e2e.clients import llm_saw
 from tests.e2e.conftest import LAKERA_KEY
 from tests.harness import Proxy
@@ -270,6 +271,7 @@ def cases() -> list[Any]:
 @pytest.mark.parametrize(("protocol", "fault_name", "side", "stream", "action", "fail_open"),
                          cases())
 def test_lakera_fault(fault_proxy: Proxy, pools: Pools, llm: LLMUpstreamStandin,
+                      lakera: LakeraGuardStandin, tls_lakera: LakeraGuardStandin,
                       protocol: str, fault_name: str, side: str, stream: bool, action: str,
                       fail_open: bool) -> None:
     fault = FAULTS[fault_name]
@@ -313,3 +315,10 @@ def test_lakera_fault(fault_proxy: Proxy, pools: Pools, llm: LLMUpstreamStandin,
     assert record["marked"] == mark
     if fault.verdict == "failure":
         assert any(r in (verdict["failure"] or "") for r in fault.reasons), verdict["failure"]
+
+    # which Lakera saw the text, once the verdict is in: exactly one call where a Lakera can
+    # answer, none where the TLS handshake fails
+    scans = {"standin": (1, 0), "tls-noverify": (0, 1), "tls-verify": (0, 0)}
+    if fault.kind in scans:
+        assert (len(lakera_bodies(lakera, c.id)),
+                len(lakera_bodies(tls_lakera, c.id))) == scans[fault.kind]

@@ -168,14 +168,14 @@ def test_denied_held_stream_leaks_nothing(clients: Clients, llm, protocol) -> No
     [("truncate-clean", "stream ended before its terminal event"),
      ("malformed", "event data is not JSON")],
 )
-@pytest.mark.parametrize("route", ["block", "alert", "block-open", "shadow"])
-def test_unassemblable_stream_follows_fail_open(
+@pytest.mark.parametrize("route", ["block", "alert", "block-open"])
+def test_unassemblable_held_stream_follows_fail_open(
         clients: Clients, proxy: Proxy, llm, lakera, protocol, mode, reason, route) -> None:
     c = clients.make(route)
     response = raw(c, protocol, True, f"Partial answer {c.id}", mode)
     record = response_verdict(proxy, c.id, "failure")
     assert reason in record["lakera"]["response"]["failure"]
-    if route in ("block-open", "shadow"):
+    if route == "block-open":
         assert response.content == bytes(llm.sent[c.id])
         verb, level = "fail_open=true, allowing response", "WARNING"
     else:
@@ -183,6 +183,32 @@ def test_unassemblable_stream_follows_fail_open(
         verb, level = "fail_open=false, blocking response", "ERROR"
     assert not answer_scans(lakera, c.id)
     assert level in proxy.wait_for_logged(f"route={route}]: {reason}; {verb}")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [("truncate-clean", "stream ended before its terminal event"),
+     ("malformed", "event data is not JSON"),
+     ("truncate", "stream did not end")],
+)
+@pytest.mark.parametrize("answer", ["clean", "flagged"])
+def test_pass_through_stream_cut_short_is_screened_as_received(
+        clients: Clients, proxy: Proxy, llm, lakera, protocol, mode, reason, answer) -> None:
+    """What a client already received of a pass-through stream that ended early is screened:
+    a flagged answer cut short is still reported."""
+    c = clients.make("shadow")
+    reply = f"Partial answer {c.id}" + (f" {ATTACK_TRIGGER}" if answer == "flagged" else "")
+    try:
+        received = raw(c, protocol, True, reply, mode).content
+    except Exception:  # the cut reaches the client as a cut
+        received = None
+    record = response_verdict(proxy, c.id, answer)
+    assert record["hook"] == "update"
+    assert reason in record["lakera"]["response"]["cut"]
+    assert [s["messages"][0]["content"] for s in answer_scans(lakera, c.id)] == [reply]
+    if received is not None:
+        assert received == bytes(llm.sent[c.id])
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -286,6 +312,17 @@ def test_upstream_error_status_passes_unscanned(clients: Clients, proxy: Proxy, 
     assert response.json()["type" if protocol == "anthropic" else "error"]
     record = response_verdict(proxy, c.id, "unscanned")
     assert record["lakera"]["response"]["failure"] == "upstream status 503"
+    assert not answer_scans(lakera, c.id)
+
+
+@pytest.mark.parametrize("status", [302, 304])
+def test_redirects_and_other_non_2xx_pass_unscanned(clients: Clients, proxy: Proxy, lakera,
+                                                    status) -> None:
+    c = clients.make("block")
+    response = raw(c, "chat", False, ATTACK_TRIGGER, f"status={status}")
+    assert response.status_code == status
+    record = response_verdict(proxy, c.id, "unscanned")
+    assert record["lakera"]["response"]["failure"] == f"upstream status {status}"
     assert not answer_scans(lakera, c.id)
 
 
