@@ -39,6 +39,7 @@ from lakera_addon.deny import build_deny
 from lakera_addon.lakera_client import LakeraClient
 from lakera_addon.lakera_client import Verdict
 from lakera_addon.protocols import Protocol
+from lakera_addon.stream_tap import STREAM_CUT
 from lakera_addon.stream_tap import StreamTap
 
 logger = logging.getLogger("lakera_addon")
@@ -405,7 +406,10 @@ class LakeraGuard:
             parts = self._answer_parts(flow, state.route, partial)
             await self._background_scan(flow, state.route, "response", parts)
             return
-        if not result.complete:
+        if not result.complete and result.reason in (STREAM_CUT, assembly.NOT_TERMINATED):
+            self._record(flow, state.route, "response", Decision(
+                "unscanned", False, f"stream ended early ({result.reason}) before any text"))
+        elif not result.complete:  # the client received what the addon could not read
             self._record(flow, state.route, "response",
                          decide_failure(result.reason or "stream incomplete", state.settings))
         elif not result.text:

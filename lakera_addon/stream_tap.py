@@ -13,6 +13,8 @@ from lakera_addon.assembly import StreamResult
 from lakera_addon.content_decoding import make_decoder
 from lakera_addon.protocols import Protocol
 
+STREAM_CUT = "stream did not end"  # the connection closed (upstream or client) before its end
+
 
 class StreamTap:
     """Forwards a streamed response untouched and assembles its text on the side."""
@@ -59,5 +61,5 @@ class StreamTap:
         if self._failure is not None:
             return StreamResult(text="", complete=False, reason=self._failure)
         if not self.ended:
-            return StreamResult(text="", complete=False, reason="stream did not end")
+            return StreamResult(text="", complete=False, reason=STREAM_CUT)
         return self._assembler.finish()

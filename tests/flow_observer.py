@@ -2,6 +2,7 @@
 each flow that carries an `x-test-id` header (status, lakera metadata, comment, mark) as JSON
 lines, after every hook that can change it, so tests can assert what users see."""
 
+import asyncio
 import json
 import logging
 import os
@@ -41,6 +42,21 @@ class Observer:
             "marked": flow.marked,
             "error": flow.error.msg if flow.error else None,
         }
+        self._append(record)
+
+    def running(self) -> None:
+        if self.path:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        """Every 0.2 s: how many of the addon's tasks are alive (they are named 'lakera ...'),
+        so tests can check that none is left behind."""
+        while True:
+            tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("lakera")]
+            self._append({"id": "tasks", "lakera": len(tasks), "all": len(asyncio.all_tasks())})
+            await asyncio.sleep(0.2)
+
+    def _append(self, record: dict[str, object]) -> None:  # a small local write
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=str) + "\n")
 

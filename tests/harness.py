@@ -74,6 +74,17 @@ class Proxy:
         )
         return result
 
+    def lakera_tasks(self) -> int:
+        """The addon's live asyncio tasks, as the observer last counted them (-1: not yet)."""
+        ticks = self.records("tasks")
+        return int(ticks[-1]["lakera"]) if ticks else -1
+
+    def rss_kib(self) -> int:
+        """mitmdump's resident memory."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("VmRSS:")))
+
     def last_record(self, test_id: str) -> dict[str, Any]:
         records = self.records(test_id)
         assert records, f"no flow recorded for {test_id}"

@@ -58,7 +58,7 @@ def sdk_text(llm: LLMUpstreamStandin, protocol: str, stream: bool, headers: dict
 
 @pytest.mark.parametrize("protocol", ["chat", "responses", "anthropic"])
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("mode", ["", "split", "crlf", "usage", "gzip", "split,crlf,gzip"])
+@pytest.mark.parametrize("mode", ["", "split", "crlf", "usage", "gzip", "br", "split,crlf,gzip"])
 def test_sdks_parse_every_protocol_and_mode(llm, protocol, stream, mode) -> None:
     reply = "Grüezi, the answer is 42."
     headers = {"x-standin-mode": mode,

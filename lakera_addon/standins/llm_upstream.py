@@ -17,7 +17,8 @@ JSON and SSE in the providers' real shapes, chosen by the path's ending. The ans
     delay-ms=<N>     wait N ms before each event
     stall-ms=<N>     wait N ms after the first event
     repeat=<N>       the reply text N times over (long answers)
-    gzip             gzip-encode the body (streams: one gzip stream, flushed per event)
+    gzip / br / zstd encode the body (streams: one compressed stream, flushed per event)
+    badutf8          the reply's word BADUTF8 sent as the invalid UTF-8 bytes ff fe
     malformed        a stream event whose data is not JSON
     error-event      a stream that ends with the protocol's error event
 
@@ -36,6 +37,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import brotli
+import zstandard
 
 from lakera_addon.standins.httpserver import BackgroundServer
 from lakera_addon.standins.httpserver import Request
@@ -58,6 +62,9 @@ class Mode:
     stall_ms: int = 0
     repeat: int = 1
     gzip: bool = False
+    br: bool = False
+    zstd: bool = False
+    badutf8: bool = False
     malformed: bool = False
     error_event: bool = False
 
@@ -286,6 +293,40 @@ def _error_body(protocol: str, status: int) -> dict[str, Any]:
                       "param": None, "code": None}}
 
 
+class Compressor:
+    """A content-coding for the `gzip`/`br`/`zstd` switches, flushed after every chunk so a
+    stream stays a stream."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        if name == "gzip":
+            self._z = zlib.compressobj(wbits=31)
+        elif name == "br":
+            self._br = brotli.Compressor()
+        else:
+            self._zstd = zstandard.ZstdCompressor().compressobj()
+
+    @classmethod
+    def make(cls, mode: Mode) -> Compressor | None:
+        name = "gzip" if mode.gzip else "br" if mode.br else "zstd" if mode.zstd else None
+        return cls(name) if name else None
+
+    def chunk(self, data: bytes) -> bytes:
+        if self.name == "gzip":
+            return self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH)
+        if self.name == "br":
+            return bytes(self._br.process(data)) + bytes(self._br.flush())
+        return bytes(self._zstd.compress(data)) + bytes(
+            self._zstd.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+
+    def end(self) -> bytes:
+        if self.name == "gzip":
+            return self._z.flush()
+        if self.name == "br":
+            return bytes(self._br.finish())
+        return bytes(self._zstd.flush())
+
+
 class LLMUpstreamStandin(BackgroundServer):
     """An LLM provider stand-in on loopback."""
 
@@ -352,11 +393,13 @@ class LLMUpstreamStandin(BackgroundServer):
     @staticmethod
     def _send(out: Writer, mode: Mode, sent: bytearray, document: Any) -> None:
         body = json.dumps(document).encode()
+        if mode.badutf8:
+            body = body.replace(b"BADUTF8", b"\xff\xfe")
         headers = {"content-type": "application/json"}
-        if mode.gzip:
-            compressor = zlib.compressobj(wbits=31)
-            body = compressor.compress(body) + compressor.flush()
-            headers["content-encoding"] = "gzip"
+        compressor = Compressor.make(mode)
+        if compressor:
+            body = compressor.chunk(body) + compressor.end()
+            headers["content-encoding"] = compressor.name
         sent += body
         out.send(200, headers, body)
 
@@ -364,16 +407,18 @@ class LLMUpstreamStandin(BackgroundServer):
     def _stream(out: Writer, mode: Mode, sent: bytearray, events: Iterator[bytes]) -> None:
         headers = {"content-type": "text/event-stream; charset=utf-8",
                    "cache-control": "no-cache"}
-        compressor = zlib.compressobj(wbits=31) if mode.gzip else None
+        compressor = Compressor.make(mode)
         if compressor:
-            headers["content-encoding"] = "gzip"
+            headers["content-encoding"] = compressor.name
         out.start(200, headers)
 
         def write(data: bytes) -> None:
+            if mode.badutf8:
+                data = data.replace(b"BADUTF8", b"\xff\xfe")
             if mode.crlf:
                 data = data.replace(b"\n", b"\r\n")
             if compressor:
-                data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+                data = compressor.chunk(data)
             sent.extend(data)
             if mode.split:
                 for at in range(0, len(data), 7):
@@ -398,7 +443,7 @@ class LLMUpstreamStandin(BackgroundServer):
                 time.sleep(mode.stall_ms / 1000)
             first = False
         if compressor:
-            tail = compressor.flush()
+            tail = compressor.end()
             sent.extend(tail)
             out.chunk(tail)
         out.end()
