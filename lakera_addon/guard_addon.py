@@ -106,11 +106,6 @@ class LakeraGuard:
     # --- options -------------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        # httpx logs every Lakera call at INFO ("HTTP Request: POST ..."): noise in mitmproxy's
-        # event log next to the addon's own verdict lines. Quieten it unless someone set it.
-        for name in ("httpx", "httpcore"):
-            if logging.getLogger(name).level == logging.NOTSET:
-                logging.getLogger(name).setLevel(logging.WARNING)
         loader.add_option(
             "lakera_config",
             str,
@@ -148,6 +143,10 @@ class LakeraGuard:
                 "and answers past lakera_addon before they are screened; unset it "
                 "(lakera_addon holds at most max_body_bytes of one body)"
             )
+
+    def running(self) -> None:
+        if self.config is not None:
+            self.lakera.prepare({r.settings.ssl_verify for r in self.config.routes})
 
     def done(self) -> None:
         # Sync, so that a script reload can call it; closing the pool needs the running loop.
