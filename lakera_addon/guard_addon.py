@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mitmproxy import command
 from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import hooks
@@ -25,6 +26,7 @@ from lakera_addon import extract
 from lakera_addon import reporting
 from lakera_addon import routing
 from lakera_addon import screen_budget
+from lakera_addon.audit_log import AuditLog
 from lakera_addon.configuration import Config
 from lakera_addon.configuration import ConfigError
 from lakera_addon.configuration import Route
@@ -39,6 +41,7 @@ from lakera_addon.deny import build_deny
 from lakera_addon.lakera_client import LakeraClient
 from lakera_addon.lakera_client import Verdict
 from lakera_addon.protocols import Protocol
+from lakera_addon.stats import Stats
 from lakera_addon.stream_tap import STREAM_CUT
 from lakera_addon.stream_tap import StreamTap
 
@@ -99,6 +102,8 @@ class LakeraGuard:
     def __init__(self) -> None:
         self.config: Config | None = None
         self.lakera = LakeraClient()
+        self.counters = Stats()
+        self.audit = AuditLog()
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
             weakref.WeakKeyDictionary()
         )
@@ -115,8 +120,23 @@ class LakeraGuard:
             "prompts sent to the well-known LLM providers with the key from "
             "LAKERA_GUARD_API_KEY.",
         )
+        loader.add_option(
+            "lakera_audit_log",
+            str,
+            "",
+            "Path of a JSON-lines audit log, one line per verdict (time, route, side, verdict, "
+            "detector types, request_uuid, latency, failure reason; never prompt text or the "
+            "key). Empty: no audit log.",
+        )
 
     def configure(self, updated: set[str]) -> None:
+        if "lakera_audit_log" in updated:
+            path = ctx.options.lakera_audit_log
+            try:
+                self.audit.open(path)
+            except OSError as e:
+                raise exceptions.OptionsError(  # type: ignore[no-untyped-call]
+                    f"lakera_audit_log: cannot open {path}: {e.strerror}") from e
         if "stream_large_bodies" in updated and "lakera_config" not in updated:
             self._check_streaming_options(self.config)
         if "lakera_config" not in updated:
@@ -144,11 +164,21 @@ class LakeraGuard:
                 "(lakera_addon holds at most max_body_bytes of one body)"
             )
 
+    @command.command("lakera.stats")  # type: ignore[untyped-decorator]
+    def stats(self) -> str:
+        """Flows screened, flagged, blocked, failures by kind, Lakera latency p50/p95."""
+        summary = self.counters.summary()
+        logger.info("%s", summary)
+        return summary
+
     def running(self) -> None:
         if self.config is not None:
             self.lakera.prepare({r.settings.ssl_verify for r in self.config.routes})
 
     def done(self) -> None:
+        if self.counters.screened.total() or self.counters.unscanned.total():
+            logger.info("%s", self.counters.summary())
+        self.audit.close()
         # Sync, so that a script reload can call it; closing the pool needs the running loop.
         try:
             asyncio.get_running_loop()
@@ -270,6 +300,7 @@ class LakeraGuard:
         logger.log(level, "lakera_addon skipped %s: %s (fail_mode=%s)", where, reason, mode)
         entry = reporting.metadata(flow)
         entry["request"] = {"verdict": "unscanned", "action": "allowed", "failure": reason}
+        self.counters.observe("request", Decision("unscanned", False, reason), None)
         if mode == "error":
             entry["request"]["action"] = "blocked"
             flow.response = http.Response.make(
@@ -280,6 +311,7 @@ class LakeraGuard:
             )
             flow.marked = reporting.MARK_BLOCKED
             flow.comment = f"lakera: request blocked: unreadable ({reason})"
+        self.audit.write(flow, route.name, "request", entry["request"])
 
     def _fail(self, flow: http.HTTPFlow, route: Route, reason: str, state: FlowState) -> None:
         """A request-side failure found before Lakera was asked: `fail_open` decides."""
@@ -474,6 +506,8 @@ class LakeraGuard:
         verdict: Verdict | None = None,
     ) -> None:
         reporting.record(flow, route, side, decision, verdict)
+        self.counters.observe(side, decision, verdict)
+        self.audit.write(flow, route.name, side, reporting.metadata(flow)[side])
 
     def _deny(
         self, flow: http.HTTPFlow, state: FlowState, side: Side, verdict: Verdict | None

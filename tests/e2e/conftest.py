@@ -75,11 +75,15 @@ def proxy(
 ) -> Iterator[Proxy]:
     workdir = tmp_path_factory.mktemp("mitmdump")
     config = write_config(workdir / "lakera.yaml", e2e_config(lakera))
-    with run_mitmdump(config, llm.url, workdir) as running:
+    audit = workdir / "audit.jsonl"
+    with run_mitmdump(config, llm.url, workdir,
+                      extra=("--set", f"lakera_audit_log={audit}")) as running:
         yield running
-        log = running.log()
-    # after every end-to-end test of the session: nothing escaped a hook
+    log = running.log()
+    # after every end-to-end test of the session: nothing escaped a hook, and the shutdown
+    # summary was logged
     assert "Traceback" not in log and "Addon error" not in log, log[-5000:]
+    assert "lakera stats: screened " in log
 
 
 @pytest.fixture
