@@ -273,6 +273,8 @@ def test_pass_through_adds_no_wait(clients: Clients, proxy: Proxy, lakera, llm) 
     do straight from the upstream, and the verdict is logged afterwards."""
     reply = f"one two three four five six seven eight {ATTACK_TRIGGER}"
     direct = openai.OpenAI(base_url=f"{llm.url}/v1", api_key="x", max_retries=0)
+    fast = clients.make("shadow")
+    quick = [timed_stream(fast.openai, reply, "delay-ms=50") for _ in range(2)]
     lakera.delay_s = 2.0
     try:
         plain = [timed_stream(direct, reply, "delay-ms=50") for _ in range(2)]
@@ -286,7 +288,8 @@ def test_pass_through_adds_no_wait(clients: Clients, proxy: Proxy, lakera, llm) 
     guarded = (min(r[0] for r in runs), min(r[1] for r in runs), runs[-1][2])
     print(f"\npass-through with a 2 s Lakera: first token {guarded[0] * 1000:.0f} ms "
           f"(direct {plain_first * 1000:.0f} ms), end {guarded[1] * 1000:.0f} ms "
-          f"(direct {plain_end * 1000:.0f} ms)")
+          f"(direct {plain_end * 1000:.0f} ms); with an instant Lakera: first token "
+          f"{min(q[0] for q in quick) * 1000:.0f} ms, end {min(q[1] for q in quick) * 1000:.0f} ms")
     assert guarded[2] == reply
     assert guarded[1] < 2.0, "the client waited for Lakera"
     record = response_verdict(proxy, c.id, "flagged")
