@@ -48,11 +48,12 @@ RESPONSE_DENY = "Response blocked by Lakera Guard"
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses",
          "anthropic": "/v1/messages"}
 # The run may take at most this many times one flow's time: a check that nothing serialises
-# (200 flows through a serialised Lakera call would take 200x), not a timing goal. Timing goals
-# are the benchmark's (bench/). Measured here: 2.7-2.8x, with mitmdump using ~1.2 s of CPU for
-# the 200 flows (most of it mitmproxy's own per-flow work) and the clients and both stand-ins
-# sharing the other core in this test's process.
-MAX_RATIO = 4.0
+# (200 flows through a serialised Lakera call would take ~100x one flow), not a timing goal:
+# timing goals are the benchmark's (bench/). Measured on an idle 2-core machine: 2.7-2.8x, with
+# mitmdump using ~1.2 s of CPU for the 200 flows (most of it mitmproxy's own per-flow work) and
+# the clients and both stand-ins sharing the other core in this test's process; 4.6x while
+# other jobs loaded the machine.
+MAX_RATIO = 10.0
 # mitmdump's RSS after the 200-flow run (and the addon's tasks ending) may exceed its level after
 # the 50-flow warm-up by at most this much. Measured on a 2-core machine: about 84 MiB after the
 # warm-up, 8-12 MiB more after the run (200 connections' buffers at once, and the allocator keeps
