@@ -379,6 +379,10 @@ class LakeraGuard:
     async def _screen_held(self, flow: http.HTTPFlow, state: FlowState) -> None:
         settings = state.settings
         text, failure = await self._response_text(flow, state)
+        if failure is not None and flow.response is not None and flow.response.stream:
+            # another addon streamed it to the client already: a deny could not take effect
+            self._record(flow, state.route, "response", Decision("failure", False, failure))
+            return
         if failure is not None:
             decision = decide_failure(failure, settings)
             self._record(flow, state.route, "response", decision)
