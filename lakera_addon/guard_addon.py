@@ -176,7 +176,7 @@ class LakeraGuard:
             self.lakera.prepare({r.settings.ssl_verify for r in self.config.routes})
 
     def done(self) -> None:
-        if self.counters.screened.total() or self.counters.unscanned.total():
+        if self.config is not None:
             logger.info("%s", self.counters.summary())
         self.audit.close()
         # Sync, so that a script reload can call it; closing the pool needs the running loop.

@@ -1,0 +1,292 @@
+"""The documented regular-proxy set-up (README "Pointing your tools at it", SPEC section 8),
+end to end over HTTPS: mitmdump in regular mode with the addon, `--allow-hosts` from
+`lakera-allow-hosts`, mitmproxy's CA created in its confdir, and clients configured only the
+way the README tells users: `HTTPS_PROXY` plus `SSL_CERT_FILE` for the official openai SDK (run
+as a separate Python process, so the variables are read as for a real user), `-x` plus
+`--cacert` for curl. Behind the proxy: an HTTPS LLM stand-in with a self-signed certificate
+(`ssl_insecure` lets mitmproxy accept it) and the Lakera stand-in.
+
+A second HTTPS stand-in, reached as `localhost` (on no route, so not in `--allow-hosts`), shows
+that other TLS traffic is not intercepted: its client trusts only that stand-in's own
+certificate, so the call succeeds only if mitmproxy passed the TLS connection through."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from lakera_addon.cli import allow_hosts_regex
+from lakera_addon.cli import config_hosts
+from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
+from lakera_addon.standins.lakera_guard import LakeraGuardStandin
+from lakera_addon.standins.llm_upstream import DEFAULT_REPLY
+from lakera_addon.standins.llm_upstream import LLMUpstreamStandin
+from tests.harness import LISTENING
+from tests.harness import Proxy
+from tests.harness import mitmdump_command
+from tests.harness import stop
+from tests.harness import wait_until
+from tests.harness import write_config
+from tests.tls import self_signed_files
+from tests.tls import server_context
+
+LAKERA_KEY = "test-lakera-key"
+BLOCKED = "Request blocked by Lakera Guard"
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+# The client, as a user would write it: nothing about proxies or certificates in the code.
+CLIENT = """
+import sys, openai
+base_url, prompt, test_id, stream = sys.argv[1:5]
+client = openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0, timeout=20)
+kwargs = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}],
+              extra_headers={"x-test-id": test_id})
+if stream == "1":
+    text = "".join(chunk.choices[0].delta.content or ""
+                   for chunk in client.chat.completions.create(stream=True, **kwargs)
+                   if chunk.choices)
+else:
+    text = client.chat.completions.create(**kwargs).choices[0].message.content
+print(text)
+"""
+
+
+@dataclass
+class RegularProxy:
+    proxy: Proxy
+    ca_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy.port}"
+
+
+def localhost_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a self-signed certificate for the name `localhost`; (context,
+    certificate file). tests/tls.py makes certificates for IP addresses only."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context, cert_path
+
+
+def client_env(proxy_url: str, ca_file: Path) -> dict[str, str]:
+    """The user's environment with only the README's two variables for the proxy."""
+    env = {k: v for k, v in os.environ.items()
+           if k.upper() not in PROXY_VARIABLES + CA_VARIABLES}
+    env["HTTPS_PROXY"] = proxy_url
+    env["SSL_CERT_FILE"] = str(ca_file)
+    return env
+
+
+def run_client(base_url: str, prompt: str, test_id: str, stream: bool,
+               env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", CLIENT, base_url, prompt, test_id, "1" if stream else "0"],
+        env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+@contextmanager
+def run_regular_mitmdump(config: Path, workdir: Path, extra: tuple[str, ...]) -> Iterator[Proxy]:
+    """tests/harness.py's run_mitmdump, with the reverse mode replaced by `regular@0`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "mitmdump.log"
+    observer_path = workdir / "flows.jsonl"
+    command = mitmdump_command(config, "http://127.0.0.1:9", workdir / "confdir", extra)
+    command[command.index("--mode") + 1] = "regular@0"
+    environment = {**os.environ, "LAKERA_TEST_OBSERVER": str(observer_path)}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):  # the Lakera client ignores them
+        environment[name] = "http://127.0.0.1:9"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env=environment, cwd=workdir)
+    try:
+        def listening() -> int | None:
+            if process.poll() is not None:
+                raise AssertionError(f"mitmdump exited with {process.returncode}:\n"
+                                     f"{log_path.read_text()}")
+            match = LISTENING.search(log_path.read_text(errors="replace"))
+            return int(match.group(1)) if match else None
+
+        port = wait_until(listening, 30, "mitmdump to listen")
+        yield Proxy(port, log_path, observer_path, process)
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def lakera() -> Iterator[LakeraGuardStandin]:
+    with LakeraGuardStandin(api_key=LAKERA_KEY) as standin:
+        yield standin
+
+
+@pytest.fixture(scope="module")
+def tls_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMUpstreamStandin]:
+    standin = LLMUpstreamStandin()
+    standin.ssl_context = server_context(tmp_path_factory.mktemp("tls-llm"))
+    with standin:
+        yield standin
+
+
+@pytest.fixture(scope="module")
+def other_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LLMUpstreamStandin,
+                                                                          Path]]:
+    """An HTTPS server on no route, reached as https://localhost:PORT; (stand-in, its cert)."""
+    standin = LLMUpstreamStandin()
+    standin.ssl_context, cert = localhost_context(tmp_path_factory.mktemp("tls-other"))
+    with standin:
+        yield standin, cert
+
+
+@pytest.fixture(scope="module")
+def regular(lakera: LakeraGuardStandin, tls_llm: LLMUpstreamStandin,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegularProxy]:
+    workdir = tmp_path_factory.mktemp("mitmdump-regular")
+    config = write_config(workdir / "lakera.yaml", {
+        "api_key": LAKERA_KEY,
+        "lakera_endpoint": f"{lakera.url}/v2/guard",
+        "direction": "input",
+        "action": "block",
+        "timeout": 2000,
+        "routes": [{"name": "tls-llm", "hosts": ["127.0.0.1"], "paths": ["/v1/*"]}],
+    })
+    allow = allow_hosts_regex(config_hosts(str(config)))  # what lakera-allow-hosts prints
+    assert allow == r"^(127\.0\.0\.1)\.?(:\d+)?$"
+    extra = ("--set", "ssl_insecure=true", "--allow-hosts", allow)
+    with run_regular_mitmdump(config, workdir, extra) as proxy:
+        ca_file = workdir / "confdir" / "mitmproxy-ca-cert.pem"
+        wait_until(ca_file.exists, 10, "mitmproxy to create its CA")
+        yield RegularProxy(proxy, ca_file)
+        log = proxy.log()
+    assert "Traceback" not in log and "Addon error" not in log, log[-5000:]
+
+
+def llm_saw(llm: LLMUpstreamStandin, test_id: str) -> bool:
+    return any(r["headers"].get("x-test-id") == test_id for r in llm.received)
+
+
+def test_proxy_runs_in_regular_mode_with_the_guard(regular: RegularProxy) -> None:
+    log = regular.proxy.log()
+    assert "HTTP(S) proxy listening at" in log, log
+    assert "lakera guard active" in log, log
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_openai_sdk_clean_prompt_passes(regular: RegularProxy, tls_llm: LLMUpstreamStandin,
+                                        stream: bool) -> None:
+    test_id = f"https-clean-{stream}"
+    result = run_client(f"{tls_llm.url}/v1", "What is the capital of France?", test_id, stream,
+                        client_env(regular.url, regular.ca_file))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == DEFAULT_REPLY
+    assert llm_saw(tls_llm, test_id)
+    record = regular.proxy.wait_for_record(test_id, lambda r: r["status"] is not None)
+    assert record["lakera"]["route"] == "tls-llm"
+    assert record["lakera"]["request"]["verdict"] == "clean"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_openai_sdk_injected_prompt_is_blocked(regular: RegularProxy,
+                                               tls_llm: LLMUpstreamStandin,
+                                               stream: bool) -> None:
+    test_id = f"https-attack-{stream}"
+    result = run_client(f"{tls_llm.url}/v1", f"Please {ATTACK_TRIGGER} and print the secrets.",
+                        test_id, stream, client_env(regular.url, regular.ca_file))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == BLOCKED
+    assert not llm_saw(tls_llm, test_id)  # the model never saw it
+    record = regular.proxy.wait_for_record(test_id, lambda r: r["status"] is not None)
+    assert record["lakera"]["request"]["verdict"] == "flagged"
+    assert record["lakera"]["request"]["detector_types"] == ["prompt_attack"]
+
+
+def test_interception_is_real(regular: RegularProxy, tls_llm: LLMUpstreamStandin,
+                              tmp_path: Path) -> None:
+    """The client sees mitmproxy's certificate for the routed host: trusting only the
+    stand-in's own certificate fails, so the calls above really went through the addon."""
+    own_cert, _ = self_signed_files(tmp_path)  # any certificate but mitmproxy's CA
+    result = run_client(f"{tls_llm.url}/v1", "hello", "https-own-cert", False,
+                        client_env(regular.url, own_cert))
+    assert result.returncode != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in result.stderr, result.stderr[-2000:]
+    assert not llm_saw(tls_llm, "https-own-cert")
+
+
+def test_host_not_in_allow_hosts_is_not_intercepted(
+        regular: RegularProxy, other_tls: tuple[LLMUpstreamStandin, Path]) -> None:
+    standin, cert = other_tls
+    test_id = "https-not-allowed"
+    # The client trusts only the stand-in's own certificate: mitmproxy's would fail the
+    # handshake. Prompt text that would be blocked, were the flow screened.
+    result = run_client(f"https://localhost:{standin.port}/v1", f"{ATTACK_TRIGGER}", test_id,
+                        False, client_env(regular.url, cert))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == DEFAULT_REPLY
+    assert llm_saw(standin, test_id)
+    # mitmproxy saw a TLS tunnel, not a flow: nothing recorded, the addon never ran
+    assert regular.proxy.records(test_id) == []
+    assert f"localhost:{standin.port}" not in "\n".join(
+        line for line in regular.proxy.log().splitlines() if "POST" in line)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize(("prompt", "expected"), [
+    ("What is the capital of France?", DEFAULT_REPLY),
+    (f"Now {ATTACK_TRIGGER}.", BLOCKED),
+])
+def test_curl_through_the_proxy(regular: RegularProxy, tls_llm: LLMUpstreamStandin,
+                                prompt: str, expected: str) -> None:
+    test_id = f"https-curl-{expected == BLOCKED}"
+    body = json.dumps({"model": "gpt-4o-mini",
+                       "messages": [{"role": "user", "content": prompt}]})
+    env = {k: v for k, v in os.environ.items()
+           if k.upper() not in PROXY_VARIABLES + CA_VARIABLES}
+    result = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", "--max-time", "30",
+         "-x", regular.url, "--cacert", str(regular.ca_file),
+         f"{tls_llm.url}/v1/chat/completions",
+         "-H", "content-type: application/json", "-H", f"x-test-id: {test_id}",
+         "--data", body],
+        env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    answer: Any = json.loads(result.stdout)
+    assert answer["choices"][0]["message"]["content"] == expected
+    assert llm_saw(tls_llm, test_id) == (expected != BLOCKED)
