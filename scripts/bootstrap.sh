@@ -62,10 +62,16 @@ fi
 STAMP="$VENV/.installed-$EXTRAS-$(cat "$ROOT/pyproject.toml" | cksum | cut -d' ' -f1)"
 if [ ! -e "$STAMP" ]; then
   say "installing lakera_addon[$EXTRAS] and its dependencies into .venv (first run takes a minute)"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$EXTRAS]"
+  LOG="$VENV/pip-install.log"
+  if ! { "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
+         "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$ROOT[$EXTRAS]"; } \
+       >"$LOG" 2>&1; then
+    tail -n 40 "$LOG" >&2
+    say "installing failed; the whole pip output is in $LOG"
+    exit 1
+  fi
   rm -f "$VENV"/.installed-"$EXTRAS"-*
   touch "$STAMP"
   say "installed: $("$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
-    | grep -iE '^(mitmproxy|httpx|openai|anthropic) ' | tr -s ' ' | paste -sd, -)"
+    | grep -iE '^(mitmproxy|aiohttp|openai|anthropic) ' | tr -s ' ' | paste -sd, -)"
 fi
