@@ -47,6 +47,7 @@ class AuditLog:
             "request_uuid": record.get("request_uuid"),
             "latency_ms": record.get("latency_ms"),
             "failure": record.get("failure"),
+            "masked": record.get("masked"),
         }
         self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
 

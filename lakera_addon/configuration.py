@@ -24,6 +24,7 @@ from lakera_addon import protocols
 
 Direction = Literal["input", "output", "both"]
 Action = Literal["block", "alert"]
+DetectorAction = Literal["block", "alert", "mask"]
 FailMode = Literal["skip", "warn", "error"]
 
 DEFAULT_ENDPOINT = "https://api.lakera.ai/v2/guard"
@@ -55,6 +56,8 @@ class Settings:
     fail_mode: FailMode = "skip"
     max_body_bytes: int = 8 * 1024 * 1024
     max_screen_bytes: int = 128_000  # Lakera's documented content limit per call (128 kB)
+    # (detector-type glob, block|alert|mask), in the file's order
+    detector_actions: tuple[tuple[str, DetectorAction], ...] = ()
 
     @property
     def scans_input(self) -> bool:
@@ -66,8 +69,22 @@ class Settings:
 
     @property
     def shadow(self) -> bool:
-        """Nothing can block: alert mode that lets Lakera failures through."""
-        return self.action == "alert" and self.fail_open
+        """Nothing can block or change a flow: alert mode that lets Lakera failures through,
+        with no detector that blocks or masks."""
+        return (self.action == "alert" and self.fail_open
+                and all(a == "alert" for _, a in self.detector_actions))
+
+    @property
+    def masks(self) -> bool:
+        """Whether a flag can lead to masking (then Lakera is asked for its payload)."""
+        return any(a == "mask" for _, a in self.detector_actions)
+
+    def action_for(self, detector_type: str) -> DetectorAction:
+        """The action of the first glob matching a detector type, else `action`."""
+        for glob, action in self.detector_actions:
+            if fnmatch.fnmatchcase(detector_type, glob):
+                return action
+        return self.action
 
     def __repr__(self) -> str:  # never show the key
         shown = {k: getattr(self, k) for k in self.__slots__ if k != "api_key"}
@@ -170,6 +187,19 @@ def _screen_size(value: object) -> int:
     return size
 
 
+def _detector_actions(value: object) -> tuple[tuple[str, DetectorAction], ...]:
+    allowed = ("a mapping from detector-type globs to block, alert or mask, e.g. "
+               "{prompt_attack: block, 'pii/*': mask}")
+    if not isinstance(value, dict) or not value:
+        raise ValueError(allowed)
+    pairs: list[tuple[str, DetectorAction]] = []
+    for glob, action in value.items():
+        if not isinstance(glob, str) or not glob or action not in ("block", "alert", "mask"):
+            raise ValueError(allowed)
+        pairs.append((glob, action))
+    return tuple(pairs)
+
+
 def _deny_code(value: object) -> int:
     code = _int_range(200, 599)(value)
     if code in (204, 205, 304):  # statuses that cannot carry the refusal's body
@@ -227,6 +257,7 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "fail_mode": _choice("skip", "warn", "error"),
     "max_body_bytes": parse_size,
     "max_screen_bytes": _screen_size,
+    "detector_actions": _detector_actions,
 }
 SETTING_KEYS = frozenset(_PARSERS) | {"api_key"}
 ROUTE_KEYS = frozenset({"name", "hosts", "paths", "protocol"})

@@ -17,6 +17,7 @@ class Decision:
     outcome: Outcome
     deny: bool
     reason: str | None = None  # for failures and unscanned flows: why, without any content
+    mask: bool = False  # flagged, and the strictest action of its detectors is `mask`
 
     @property
     def allowed_with_warning(self) -> bool:
@@ -27,8 +28,19 @@ def decide(verdict: Verdict, settings: Settings) -> Decision:
     if verdict.failure is not None:
         return Decision("failure", deny=not settings.fail_open, reason=verdict.failure)
     if verdict.flagged:
-        return Decision("flagged", deny=settings.action == "block")
+        action = strictest_action(verdict, settings)
+        return Decision("flagged", deny=action == "block", mask=action == "mask")
     return Decision("clean", deny=False)
+
+
+_STRICTNESS = {"alert": 0, "mask": 1, "block": 2}
+
+
+def strictest_action(verdict: Verdict, settings: Settings) -> str:
+    """block > mask > alert among the detectors that fired (`detector_actions`); detector
+    types no glob names, and a flag that names no detector, take `action`."""
+    actions = [settings.action_for(kind) for kind in verdict.detector_types]
+    return max(actions or [settings.action], key=_STRICTNESS.__getitem__)
 
 
 def decide_failure(reason: str, settings: Settings) -> Decision:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from collections.abc import Coroutine
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from mitmproxy.utils import asyncio_utils
 from lakera_addon import assembly
 from lakera_addon import content_decoding
 from lakera_addon import extract
+from lakera_addon import masking
 from lakera_addon import reporting
 from lakera_addon import routing
 from lakera_addon import screen_budget
@@ -210,7 +212,7 @@ class LakeraGuard:
             if flow.request.stream or raw is None:
                 raise content_decoding.TooLarge(
                     "request body was streamed by mitmproxy, not held")
-            state, messages = await self._read_request(flow, route)
+            state, messages, body = await self._read_request(flow, route)
         except (content_decoding.TooLarge, TooDeep) as e:
             reason = str(e) if raw is None else f"request body {e}"
             guessed = FlowState(route, routing.guess_protocol(flow.request.path), None,
@@ -228,11 +230,11 @@ class LakeraGuard:
         if settings.scans_output:
             flow.request.anticomp()  # ask the upstream for an identity-encoded answer
         if settings.scans_input:
-            await self._screen_request(flow, state, messages)
+            await self._screen_request(flow, state, messages, body)
 
     async def _read_request(
         self, flow: http.HTTPFlow, route: Route
-    ) -> tuple[FlowState, list[extract.Message]]:
+    ) -> tuple[FlowState, list[extract.Message], dict[str, Any]]:
         """The flow's protocol, model and stream flag, and the messages to screen."""
         limit = route.settings.max_body_bytes
         try:
@@ -261,10 +263,14 @@ class LakeraGuard:
             messages = extract.request_messages(protocol, body)
         except extract.BodyShapeError as e:
             raise UnreadableBody(str(e)) from e
-        return state, messages
+        return state, messages, body
 
     async def _screen_request(
-        self, flow: http.HTTPFlow, state: FlowState, messages: list[extract.Message]
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        messages: list[extract.Message],
+        body: dict[str, Any],
     ) -> None:
         if not messages:
             self._record(flow, state.route, "request", Decision("unscanned", False, "no text"))
@@ -280,17 +286,47 @@ class LakeraGuard:
                           f"{fitted.dropped} older of {len(messages)} messages left out to fit "
                           f"max_screen_bytes ({limit}); sent the system prompt and the "
                           f"{len(fitted.messages)} most recent")
-        messages = fitted.messages
+        sent = fitted.messages
         if state.settings.shadow:  # nothing can block: forward now, log the verdict later
             reporting.pending(flow, "request")
-            self._spawn(self._background_scan(flow, state.route, "request", [messages]),
+            self._spawn(self._background_scan(flow, state.route, "request", [sent]),
                         "lakera shadow request scan")
             return
-        verdict = await self.lakera.screen(state.settings, messages)
+        verdict = await self.lakera.screen(state.settings, sent)
         decision = decide(verdict, state.settings)
-        self._record(flow, state.route, "request", decision, verdict)
+        masked: Counter[str] | None = None
+        if decision.mask:
+            try:
+                masked = self._mask_request(flow, state, messages, sent, body, verdict)
+            except masking.MaskError as e:
+                decision = decide_failure(f"cannot mask: {e}", state.settings)
+        self._record(flow, state.route, "request", decision, verdict, masked)
         if decision.deny:
             self._deny(flow, state, "request", verdict)
+
+    def _mask_request(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        messages: list[extract.Message],
+        sent: list[extract.Message],
+        body: dict[str, Any],
+        verdict: Verdict,
+    ) -> Counter[str]:
+        """Replace the flagged spans in the request body; MaskError if that cannot be done."""
+        if not isinstance(messages, extract.Messages):
+            raise masking.MaskError("the request's text has no known place in its body")
+        where = {id(m): i for i, m in enumerate(messages)}
+        sources = [messages.sources[where[id(m)]] for m in sent]
+        types = [t for t in verdict.detector_types if state.settings.action_for(t) == "mask"]
+        replacements, counts = masking.plan(
+            [m["content"] for m in sent], verdict.payload, types)
+        masked = masking.mask_request(body, sent, sources, replacements)
+        try:
+            flow.request.content = json.dumps(masked, ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate: keep it escaped
+            flow.request.content = json.dumps(masked).encode()
+        return counts
 
     def _unreadable(self, flow: http.HTTPFlow, route: Route, reason: str) -> None:
         """A matched flow whose body cannot be read as its protocol: `fail_mode` decides."""
@@ -393,12 +429,39 @@ class LakeraGuard:
             self._record(flow, state.route, "response",
                          Decision("unscanned", False, "no assistant text"))
             return
-        verdict = await self.lakera.screen_parts(
-            settings, self._answer_parts(flow, state.route, text))
+        parts = self._answer_parts(flow, state.route, text)
+        verdict = await self.lakera.screen_parts(settings, parts)
         decision = decide(verdict, settings)
-        self._record(flow, state.route, "response", decision, verdict)
+        masked: Counter[str] | None = None
+        if decision.mask:
+            try:
+                if len(parts) > 1:
+                    raise masking.MaskError("an answer screened in parts cannot be masked")
+                masked = self._mask_response(flow, state, text, verdict)
+            except masking.MaskError as e:
+                decision = decide_failure(f"cannot mask: {e}", settings)
+        self._record(flow, state.route, "response", decision, verdict, masked)
         if decision.deny:
             self._deny(flow, state, "response", verdict)
+
+    def _mask_response(
+        self, flow: http.HTTPFlow, state: FlowState, text: str, verdict: Verdict
+    ) -> Counter[str]:
+        """Release the answer with its flagged spans masked, re-framed in the protocol's own
+        shape (streamed as SSE if it was) so that the SDKs parse it."""
+        assert flow.response is not None
+        types = [t for t in verdict.detector_types if state.settings.action_for(t) == "mask"]
+        replacements, counts = masking.plan([text], verdict.payload, types)
+        released = build_deny(
+            state.protocol,
+            masking.apply(text, replacements.get(0, [])),
+            status=flow.response.status_code,
+            stream=routing.is_event_stream(flow.response.headers.get("content-type")),
+            model=state.model,
+        )
+        headers = {**released.headers, "x-lakera-guard": "masked"}
+        flow.response = http.Response.make(released.status, released.body, headers)
+        return counts
 
     async def _response_text(
         self, flow: http.HTTPFlow, state: FlowState
@@ -508,8 +571,9 @@ class LakeraGuard:
         side: Side,
         decision: Decision,
         verdict: Verdict | None = None,
+        masked: Counter[str] | None = None,
     ) -> None:
-        reporting.record(flow, route, side, decision, verdict)
+        reporting.record(flow, route, side, decision, verdict, masked)
         self.counters.observe(side, decision, verdict)
         self.audit.write(flow, route.name, side, reporting.metadata(flow)[side])
 

@@ -38,6 +38,8 @@ class Verdict:
     breakdown: tuple[dict[str, Any], ...] = field(default=(), repr=False)
     request_uuid: str | None = None
     latency_ms: float = 0.0
+    # Lakera's `payload` (asked for only when masking is configured): the spans it found
+    payload: tuple[dict[str, Any], ...] = field(default=(), repr=False)
 
     @property
     def failed(self) -> bool:
@@ -66,6 +68,8 @@ def build_payload(settings: Settings, messages: Sequence[Message]) -> dict[str, 
     payload: dict[str, Any] = {"messages": list(messages), "breakdown": True}
     if settings.project_id:
         payload["project_id"] = settings.project_id
+    if settings.masks:
+        payload["payload"] = True
     return payload
 
 
@@ -101,12 +105,14 @@ def classify(status: int, body: bytes, latency_ms: float) -> Verdict:
     breakdown, types = _detected(document.get("breakdown"))
     metadata = document.get("metadata")
     uuid = metadata.get("request_uuid") if isinstance(metadata, dict) else None
+    spans = document.get("payload")
     return Verdict(
         flagged,
         detector_types=types,
         breakdown=breakdown,
         request_uuid=uuid if isinstance(uuid, str) else None,
         latency_ms=latency_ms,
+        payload=tuple(e for e in spans if isinstance(e, dict)) if isinstance(spans, list) else (),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from typing import Any
 
 from mitmproxy import http
@@ -14,6 +15,7 @@ from mitmproxy import http
 from lakera_addon.configuration import Route
 from lakera_addon.decision import Decision
 from lakera_addon.decision import Side
+from lakera_addon.decision import strictest_action
 from lakera_addon.lakera_client import Verdict
 
 logger = logging.getLogger("lakera_addon")
@@ -22,7 +24,8 @@ METADATA_KEY = "lakera"
 MARK_BLOCKED = ":no_entry:"
 MARK_FLAGGED = ":warning:"
 MARK_FAILURE = ":large_orange_diamond:"
-_MARK_RANK = {MARK_BLOCKED: 3, MARK_FLAGGED: 2, MARK_FAILURE: 1}
+MARK_MASKED = ":mask:"
+_MARK_RANK = {MARK_BLOCKED: 4, MARK_FLAGGED: 3, MARK_MASKED: 2, MARK_FAILURE: 1}
 
 
 def flow_label(flow: http.HTTPFlow) -> str:
@@ -60,11 +63,13 @@ def cut(flow: http.HTTPFlow, route: Route, side: Side, how: str) -> None:
     logger.info("%s screened in part [%s route=%s]: %s", side, flow_label(flow), route.name, how)
 
 
-def _side_record(decision: Decision, verdict: Verdict | None) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "verdict": decision.outcome,
-        "action": "blocked" if decision.deny else "allowed",
-    }
+def _side_record(
+    decision: Decision, verdict: Verdict | None, masked: Counter[str] | None
+) -> dict[str, Any]:
+    action = "blocked" if decision.deny else "masked" if masked is not None else "allowed"
+    record: dict[str, Any] = {"verdict": decision.outcome, "action": action}
+    if masked is not None:
+        record["masked"] = dict(masked)  # placeholder → count, never the masked text
     if verdict is not None:
         record["detector_types"] = list(verdict.detector_types)
         record["request_uuid"] = verdict.request_uuid
@@ -84,6 +89,9 @@ def _comment_part(side: Side, record: dict[str, Any]) -> str:
         detail = f" ({record.get('failure')})" if record.get("failure") else ""
     if record["action"] == "blocked":
         return f"{side} blocked: {verdict}{detail}"
+    if record["action"] == "masked":
+        counts = ", ".join(f"{name}×{n}" for name, n in sorted(record["masked"].items()))
+        return f"{side} masked: {verdict}{detail} {counts}"
     suffix = ", allowed" if verdict in ("flagged", "failure") else ""
     return f"{side} {verdict}{detail}{suffix}"
 
@@ -91,6 +99,8 @@ def _comment_part(side: Side, record: dict[str, Any]) -> str:
 def _mark_for(record: dict[str, Any]) -> str | None:
     if record.get("action") == "blocked":
         return MARK_BLOCKED
+    if record.get("action") == "masked":
+        return MARK_MASKED
     return {"flagged": MARK_FLAGGED, "failure": MARK_FAILURE}.get(record.get("verdict", ""))
 
 
@@ -113,22 +123,31 @@ def record(
     side: Side,
     decision: Decision,
     verdict: Verdict | None,
+    masked: Counter[str] | None = None,
 ) -> None:
     """Store the decision on the flow and log it."""
     entry = metadata(flow)
     previous = entry.get(side)
-    entry[side] = _side_record(decision, verdict)
+    entry[side] = _side_record(decision, verdict, masked)
     if isinstance(previous, dict) and "cut" in previous:
         entry[side]["cut"] = previous["cut"]
     _refresh_view(flow, entry)
-    _log(flow, route, side, decision, verdict)
+    _log(flow, route, side, decision, verdict, masked)
 
 
 def _log(
-    flow: http.HTTPFlow, route: Route, side: Side, decision: Decision, verdict: Verdict | None
+    flow: http.HTTPFlow,
+    route: Route,
+    side: Side,
+    decision: Decision,
+    verdict: Verdict | None,
+    masked: Counter[str] | None,
 ) -> None:
     where = f"[{flow_label(flow)} route={route.name}]"
     allowing = f"blocking {side}" if decision.deny else f"allowing {side}"
+    if masked is not None:
+        counts = ", ".join(f"{name}×{n}" for name, n in sorted(masked.items()))
+        allowing = f"masking {side}: {counts}"
     if decision.outcome == "flagged" and verdict is not None:
         logger.warning(
             "%s flagged by Lakera Guard %s: detector types %s; action=%s, %s; "
@@ -136,7 +155,7 @@ def _log(
             side,
             where,
             ", ".join(verdict.detector_types) or "(none reported)",
-            route.settings.action,
+            strictest_action(verdict, route.settings),
             allowing,
             verdict.request_uuid,
             json.dumps(list(verdict.breakdown), separators=(",", ":")),

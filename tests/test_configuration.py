@@ -111,6 +111,9 @@ BAD_DOCUMENTS = [
     ({"deny_code": 99}, ["deny_code", "from 200 to 599"]),
     ({"deny_code": 700}, ["deny_code", "from 200 to 599"]),
     ({"deny_code": 204}, ["deny_code", "has a body (not 204, 205, 304)"]),
+    ({"detector_actions": {"pii/*": "redact"}}, ["detector_actions", "block, alert or mask"]),
+    ({"detector_actions": ["pii/*"]}, ["detector_actions", "a mapping from detector-type"]),
+    ({"detector_actions": {}}, ["detector_actions", "a mapping"]),
     ({"api_key": "sk-lk\u2019abc"}, ["api_key", "printable ASCII without spaces"]),
     ({"api_key": "sk-lk abc\n"}, ["api_key", "printable ASCII without spaces"]),
     ({"lakera_endpoint": "http://127.0.0.1:99999/v2/guard"}, ["lakera_endpoint", "URL"]),
@@ -199,3 +202,18 @@ def test_yaml_round_trip_of_every_key(tmp_path: Path) -> None:
     for key, value in every.items():
         if key != "routes":
             assert getattr(settings, key) == value, key
+
+
+def test_detector_actions_top_level_and_per_route() -> None:
+    config = parse_config({
+        "api_key": "k",
+        "detector_actions": {"prompt_attack": "block", "pii/*": "mask"},
+        "routes": [{"name": "a", "hosts": ["a"]},
+                   {"name": "b", "hosts": ["b"], "detector_actions": {"*": "alert"}}],
+    }, "f.yaml", ENV)
+    a, b = config.routes
+    assert a.settings.detector_actions == (("prompt_attack", "block"), ("pii/*", "mask"))
+    assert a.settings.masks and not b.settings.masks
+    assert a.settings.action_for("pii/email") == "mask"
+    assert a.settings.action_for("unknown_links") == "block"  # `action`
+    assert b.settings.action_for("pii/email") == "alert"

@@ -13,6 +13,11 @@ screened text, for the failures the addon must handle:
   lakera-truncated    200 whose JSON body is cut short (the connection closes)
   lakera-trickle      200 whose body arrives one byte every 100 ms
   lakera-huge         200 with a multi-megabyte breakdown
+
+It flags ATTACK_TRIGGER (prompt_attack), PII_TRIGGER (pii/credit_card), any e-mail address
+(pii/email) and PROFANITY_TRIGGER. Asked for its `payload`, it reports the PII spans in code
+points with an exclusive end, or as the words lakera-span-utf16, -bytes, -inclusive, -wrong
+(offsets 3 too far) or -none (no spans) in the text ask.
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ ATTACK_TRIGGER = "ignore all previous instructions"
 PII_TRIGGER = "4111 1111 1111 1111"
 PROFANITY_TRIGGER = "lakera-profanity"
 
+EMAIL_PATTERN = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+
 # (trigger, detector_type, detector_id)
-DETECTORS = (
+DETECTORS: tuple[tuple[str | re.Pattern[str], str, str], ...] = (
     (ATTACK_TRIGGER, "prompt_attack", "detector-lakera-pinj"),
     (PII_TRIGGER, "pii/credit_card", "detector-lakera-pii-credit-card"),
+    (EMAIL_PATTERN, "pii/email", "detector-lakera-pii-email"),
     (PROFANITY_TRIGGER, "moderated_content/profanity", "detector-lakera-moderation"),
 )
 _SLEEP = re.compile(r"lakera-sleep-(\d+)")
@@ -50,29 +58,63 @@ def _text(document: Any) -> str:
     )
 
 
+def _matches(content: str, trigger: str | re.Pattern[str]) -> list[tuple[int, int]]:
+    if isinstance(trigger, re.Pattern):
+        return [m.span() for m in trigger.finditer(content)]
+    lowered, found, at = content.lower(), [], 0
+    while (at := lowered.find(trigger, at)) >= 0:
+        found.append((at, at + len(trigger)))
+        at += len(trigger)
+    return found
+
+
+def _offsets(content: str, start: int, end: int, units: str) -> tuple[int, int]:
+    """Code-point offsets as the span switches ask the stand-in to report them."""
+    if units == "utf16":
+        def size(text: str) -> int:
+            return len(text.encode("utf-16-le", "surrogatepass")) // 2
+        return size(content[:start]), size(content[:end])
+    if units == "bytes":
+        def size(text: str) -> int:
+            return len(text.encode("utf-8", "surrogatepass"))
+        return size(content[:start]), size(content[:end])
+    if units == "inclusive":
+        return start, end - 1
+    if units == "wrong":
+        return start + 3, end + 3
+    return start, end
+
+
 def verdict(document: Any) -> dict[str, Any]:
-    """The stand-in's answer to a screening request: which triggers appear in which message."""
+    """The stand-in's answer to a screening request: which triggers appear in which message,
+    and (when asked for the payload) where, as spans."""
     messages = document.get("messages") if isinstance(document, dict) else None
     messages = messages if isinstance(messages, list) else []
     project = document.get("project_id") if isinstance(document, dict) else None
+    text = _text(document)
+    units = next((u for u in ("utf16", "bytes", "inclusive", "wrong", "none")
+                  if f"lakera-span-{u}" in text), "codepoints")
     breakdown = []
     payload = []
     for index, message in enumerate(messages):
         content = str(message.get("content", "")) if isinstance(message, dict) else ""
         for trigger, kind, detector in DETECTORS:
-            at = content.lower().find(trigger)
+            found = _matches(content, trigger)
             breakdown.append({
                 "project_id": project or "project-standin",
                 "policy_id": "policy-lakera-default",
                 "detector_id": detector,
                 "detector_type": kind,
-                "detected": at >= 0,
+                "detected": bool(found),
                 "message_id": index,
             })
-            if at >= 0 and kind.startswith("pii/"):
-                payload.append({"start": at, "end": at + len(trigger),
-                                "text": content[at:at + len(trigger)],
-                                "detector_type": kind, "labels": [], "message_id": index})
+            if not kind.startswith("pii/") or units == "none":
+                continue
+            for start, end in found:
+                reported = _offsets(content, start, end, units)
+                payload.append({"start": reported[0], "end": reported[1],
+                                "text": content[start:end], "detector_type": kind,
+                                "labels": [], "message_id": index})
     answer: dict[str, Any] = {
         "flagged": any(e["detected"] for e in breakdown),
         "metadata": {"request_uuid": str(uuid.uuid4())},

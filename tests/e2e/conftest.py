@@ -23,6 +23,8 @@ def route(name: str, **overrides: Any) -> dict[str, Any]:
     return {"name": name, "hosts": ["127.0.0.1"], "paths": [f"/{name}/*"], **overrides}
 
 
+MASK_RULES = {"prompt_attack": "block", "pii/*": "mask", "moderated_content/*": "alert"}
+
 ROUTES = [
     route("block"),
     route("block-input", direction="input"),
@@ -44,6 +46,8 @@ ROUTES = [
     route("small-open", max_body_bytes=4096, fail_open=True),
     route("output", direction="output"),
     route("budget", max_screen_bytes=4096),
+    route("mask", detector_actions=MASK_RULES),
+    route("mask-open", detector_actions=MASK_RULES, fail_open=True),
 ]
 
 
