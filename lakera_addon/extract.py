@@ -45,26 +45,10 @@ def _part_texts(content: object, text_types: tuple[str, ...]) -> list[str]:
     return texts
 
 
-class Messages(list[Message]):
-    """Messages, and for each the body's own string objects it was joined from, with their
-    offsets in its content: where a span Lakera reports lives in the body (for masking)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sources: list[list[tuple[str, int]]] = []
-
-
 def _append(messages: list[Message], role: str, texts: list[str]) -> None:
-    parts = [t for t in texts if t]
-    content = " ".join(parts)
+    content = " ".join(t for t in texts if t)
     if content.strip():
         messages.append({"role": role, "content": content})
-        if isinstance(messages, Messages):
-            offsets, at = [], 0
-            for part in parts:
-                offsets.append((part, at))
-                at += len(part) + 1
-            messages.sources.append(offsets)
 
 
 def _list_field(body: dict[str, object], key: str, protocol: str) -> list[object]:
@@ -75,7 +59,7 @@ def _list_field(body: dict[str, object], key: str, protocol: str) -> list[object
 
 
 def openai_chat(body: dict[str, object]) -> list[Message]:
-    messages: list[Message] = Messages()
+    messages: list[Message] = []
     for item in _list_field(body, "messages", protocols.OPENAI_CHAT):
         if not isinstance(item, dict):
             raise BodyShapeError("openai-chat message is not an object")
@@ -102,7 +86,7 @@ def _anthropic_block_texts(content: object) -> tuple[list[str], list[str]]:
 
 
 def anthropic_messages(body: dict[str, object]) -> list[Message]:
-    messages: list[Message] = Messages()
+    messages: list[Message] = []
     _append(messages, "system", _part_texts(body.get("system"), ("text",)))
     for item in _list_field(body, "messages", protocols.ANTHROPIC_MESSAGES):
         if not isinstance(item, dict):
@@ -131,7 +115,7 @@ def _responses_item(messages: list[Message], item: object) -> None:
 
 
 def openai_responses(body: dict[str, object]) -> list[Message]:
-    messages: list[Message] = Messages()
+    messages: list[Message] = []
     _append(messages, "system", _part_texts(body.get("instructions"), ("text",)))
     value = body.get("input")
     if isinstance(value, str):
@@ -150,7 +134,7 @@ def openai_embeddings(body: dict[str, object]) -> list[Message]:
         value = [value]
     if not isinstance(value, list):
         raise BodyShapeError("openai-embeddings body has no 'input' string or list")
-    messages: list[Message] = Messages()
+    messages: list[Message] = []
     for item in value:
         if isinstance(item, str):  # token-id arrays carry no text to screen
             _append(messages, "user", [item])

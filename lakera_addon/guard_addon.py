@@ -297,14 +297,14 @@ class LakeraGuard:
         masked: Counter[str] | None = None
         if decision.mask:
             try:
-                masked = self._mask_request(flow, state, messages, sent, body, verdict)
+                masked = await self._mask_request(flow, state, messages, sent, body, verdict)
             except masking.MaskError as e:
                 decision = decide_failure(f"cannot mask: {e}", state.settings)
         self._record(flow, state.route, "request", decision, verdict, masked)
         if decision.deny:
             self._deny(flow, state, "request", verdict)
 
-    def _mask_request(
+    async def _mask_request(
         self,
         flow: http.HTTPFlow,
         state: FlowState,
@@ -313,20 +313,43 @@ class LakeraGuard:
         body: dict[str, Any],
         verdict: Verdict,
     ) -> Counter[str]:
-        """Replace the flagged spans in the request body; MaskError if that cannot be done."""
-        if not isinstance(messages, extract.Messages):
-            raise masking.MaskError("the request's text has no known place in its body")
-        where = {id(m): i for i, m in enumerate(messages)}
-        sources = [messages.sources[where[id(m)]] for m in sent]
-        types = [t for t in verdict.detector_types if state.settings.action_for(t) == "mask"]
-        replacements, counts = masking.plan(
-            [m["content"] for m in sent], verdict.payload, types)
-        masked = masking.mask_request(body, sent, sources, replacements)
+        """Mask the confirmed texts everywhere in the request body; MaskError if that cannot
+        be done safely. Older turns left out of the call (`max_screen_bytes`) are screened
+        too, in calls of their own, so that what they hold is masked as well."""
+        settings = state.settings
+        texts = self._confirmed(settings, sent, verdict)
+        sent_ids = {id(m) for m in sent}
+        older = [m for m in messages if id(m) not in sent_ids]
+        if older:
+            batches = screen_budget.batches(older, settings.max_screen_bytes)
+            if batches is None:
+                raise masking.MaskError("an older message is too large to screen for masking")
+            verdicts = await asyncio.gather(
+                *(self.lakera.screen(settings, batch) for batch in batches))
+            for batch, extra in zip(batches, verdicts, strict=True):
+                if extra.failure is not None:
+                    raise masking.MaskError(f"screening older messages failed: {extra.failure}")
+                texts.update(self._confirmed(settings, batch, extra))
+        masker = masking.Masker(texts)
+        masked = masker.document(body)
         try:
             flow.request.content = json.dumps(masked, ensure_ascii=False).encode()
         except UnicodeEncodeError:  # a lone surrogate: keep it escaped
             flow.request.content = json.dumps(masked).encode()
-        return counts
+        return masker.counts
+
+    @staticmethod
+    def _confirmed(
+        settings: Settings, sent: Sequence[extract.Message], verdict: Verdict
+    ) -> dict[str, str]:
+        """The texts to mask that a verdict's spans confirm in the messages it was given."""
+        if not verdict.flagged:
+            return {}
+        types = [t for t in verdict.detector_types if settings.action_for(t) == "mask"]
+        detected = [(str(e.get("detector_type")), e["message_id"]) for e in verdict.breakdown
+                    if e.get("detected") is True and type(e.get("message_id")) is int]
+        return masking.confirmed_texts([m["content"] for m in sent], verdict.payload, types,
+                                       detected)
 
     def _unreadable(self, flow: http.HTTPFlow, route: Route, reason: str) -> None:
         """A matched flow whose body cannot be read as its protocol: `fail_mode` decides."""
@@ -447,21 +470,31 @@ class LakeraGuard:
     def _mask_response(
         self, flow: http.HTTPFlow, state: FlowState, text: str, verdict: Verdict
     ) -> Counter[str]:
-        """Release the answer with its flagged spans masked, re-framed in the protocol's own
-        shape (streamed as SSE if it was) so that the SDKs parse it."""
+        """Mask the confirmed texts in the answer. A JSON answer is masked in place (ids, usage,
+        tool calls kept; the texts masked wherever they occur); a held stream is re-framed from
+        its masked text in the protocol's own shape, so that the SDKs parse it."""
         assert flow.response is not None
-        types = [t for t in verdict.detector_types if state.settings.action_for(t) == "mask"]
-        replacements, counts = masking.plan([text], verdict.payload, types)
+        masker = masking.Masker(self._confirmed(state.settings, [
+            {"role": "assistant", "content": text}], verdict))
+        if not routing.is_event_stream(flow.response.headers.get("content-type")):
+            content = content_decoding.decode_bounded(
+                flow.response.raw_content or b"", flow.response.headers.get("content-encoding"),
+                state.settings.max_body_bytes)
+            masked = masker.document(json.loads(content))
+            flow.response.headers.pop("content-encoding", None)
+            flow.response.content = json.dumps(masked, ensure_ascii=False).encode()
+            flow.response.headers["x-lakera-guard"] = "masked"
+            return masker.counts
         released = build_deny(
             state.protocol,
-            masking.apply(text, replacements.get(0, [])),
+            masker.text(text),
             status=flow.response.status_code,
-            stream=routing.is_event_stream(flow.response.headers.get("content-type")),
+            stream=True,
             model=state.model,
         )
         headers = {**released.headers, "x-lakera-guard": "masked"}
         flow.response = http.Response.make(released.status, released.body, headers)
-        return counts
+        return masker.counts
 
     async def _response_text(
         self, flow: http.HTTPFlow, state: FlowState

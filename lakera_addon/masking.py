@@ -1,26 +1,24 @@
-"""Masking the spans Lakera reports (its `payload`) with placeholders naming their type.
+"""Masking the personal data Lakera reports (its `payload`) with placeholders naming its type.
 
 Lakera's span offsets are not documented in their units or end (reference/lakera-guard-api.md
-section 4). So a span is only used once the text it reports is found exactly where its offsets
-point, read as code points, UTF-16 units or UTF-8 bytes, with an exclusive or an inclusive end;
-a span that matches none, or a masked detector that fired without a usable span, is a
-`MaskError`: the caller then decides by `fail_open` and never passes unmasked text on as masked.
+section 4). So a span is only trusted once the text it reports is found exactly where its
+offsets point, read as code points, UTF-16 units or UTF-8 bytes, with an exclusive or an
+inclusive end, one reading for all spans of a verdict; a span that matches under no common
+reading, or a masked detector that fired in a message without a usable span, is a `MaskError`:
+the caller then decides by `fail_open` and never passes unmasked text on as masked.
 
-Requests are masked in place: each message Lakera saw was joined from strings of the request
-body (extract.Messages keeps those very string objects and their offsets), so a span is mapped
-back to the strings it covers and each is replaced wherever it sits in the body.
+What is masked is the text, not the offsets: every occurrence of each confirmed text is replaced
+in every string of the body (the same address in an older turn Lakera did not see, in a tool
+call's arguments, in a second choice), so nothing the detector found survives elsewhere.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
-
-from lakera_addon.extract import Message
-
-Replacement = tuple[int, int, str]  # start, end (code points), placeholder
 
 
 class MaskError(Exception):
@@ -53,104 +51,94 @@ def _from_utf8(content: str, offset: int) -> int | None:
         return None
 
 
-_UNITS: tuple[Callable[[str, int], int | None], ...] = (
-    lambda content, offset: offset if 0 <= offset <= len(content) else None,
-    _from_utf16,
-    _from_utf8,
+def _code_points(content: str, offset: int) -> int | None:
+    return offset if 0 <= offset <= len(content) else None
+
+
+# (name, offset → code points, end inclusive?)
+READINGS: tuple[tuple[str, Callable[[str, int], int | None], bool], ...] = tuple(
+    (f"{name}{', inclusive end' if inclusive else ''}", convert, inclusive)
+    for name, convert in (("code points", _code_points), ("UTF-16 units", _from_utf16),
+                          ("UTF-8 bytes", _from_utf8))
+    for inclusive in (False, True)
 )
 
 
-def locate(content: str, span: dict[str, Any]) -> tuple[int, int]:
-    """Code-point (start, end) of a reported span, checked against the text it reports."""
+def _span_fields(span: dict[str, Any]) -> tuple[str, int, int, int, str]:
+    kind, index = span.get("detector_type"), span.get("message_id", 0)
     start, end, text = span.get("start"), span.get("end"), span.get("text")
-    if not (isinstance(start, int) and isinstance(end, int) and isinstance(text, str) and text):
-        raise MaskError("a span Lakera reported has no usable start, end and text")
-    for convert in _UNITS:
-        for stop in (end, end + 1):
-            s, e = convert(content, start), convert(content, stop)
-            if s is not None and e is not None and content[s:e] == text:
-                return s, e
-    raise MaskError("a span Lakera reported does not match the text it was sent")
+    if not (isinstance(kind, str) and type(index) is int and type(start) is int
+            and type(end) is int and isinstance(text, str) and text):
+        raise MaskError("a span Lakera reported is malformed")
+    return kind, index, start, end, text
 
 
-def plan(
+def _matches(content: str, start: int, end: int, text: str,
+             convert: Callable[[str, int], int | None], inclusive: bool) -> bool:
+    s, e = convert(content, start), convert(content, end + 1 if inclusive else end)
+    return s is not None and e is not None and content[s:e] == text
+
+
+def confirmed_texts(
     contents: Sequence[str],
     payload: Sequence[dict[str, Any]],
     masked_types: Sequence[str],
-) -> tuple[dict[int, list[Replacement]], Counter[str]]:
-    """Replacements per message index for the spans of the detector types to mask, and counts
-    per placeholder. Every masked type that fired needs at least one usable span."""
+    detected: Sequence[tuple[str, int]] = (),
+) -> dict[str, str]:
+    """The texts to mask (text → placeholder), from the spans of the masked detector types that
+    match `contents` under one common reading. Every masked type that fired, and every
+    (type, message) the breakdown marks as detected, needs a usable span."""
     wanted = set(masked_types)
-    found: set[str] = set()
-    replacements: dict[int, list[Replacement]] = {}
-    counts: Counter[str] = Counter()
+    spans = []
     for span in payload:
-        kind = span.get("detector_type")
-        if kind not in wanted:
-            continue
-        index = span.get("message_id", 0)
-        if not isinstance(index, int) or not 0 <= index < len(contents):
-            raise MaskError("a span Lakera reported names a message it was not sent")
-        start, end = locate(contents[index], span)
-        replacements.setdefault(index, []).append((start, end, placeholder(str(kind))))
-        counts[placeholder(str(kind))] += 1
-        found.add(str(kind))
-    missing = wanted - found
+        if not isinstance(span, dict):
+            raise MaskError("a span Lakera reported is malformed")
+        fields = _span_fields(span)
+        if fields[0] in wanted:
+            if not 0 <= fields[1] < len(contents):
+                raise MaskError("a span Lakera reported names a message it was not sent")
+            spans.append(fields)
+    for _, convert, inclusive in READINGS:
+        if all(_matches(contents[i], s, e, t, convert, inclusive) for _, i, s, e, t in spans):
+            break
+    else:
+        raise MaskError("the spans Lakera reported do not match the text it was sent")
+    found_types = {kind for kind, *_ in spans}
+    found_pairs = {(kind, index) for kind, index, *_ in spans}
+    missing = sorted(wanted - found_types) + sorted(
+        f"{kind} (message {index})" for kind, index in detected
+        if kind in wanted and (kind, index) not in found_pairs)
     if missing:
-        raise MaskError(f"flagged {', '.join(sorted(missing))} without a usable span to mask")
-    return replacements, counts
+        raise MaskError(f"flagged {', '.join(missing)} without a usable span to mask")
+    return {text: placeholder(kind) for kind, _, _, _, text in spans}
 
 
-def apply(text: str, replacements: Sequence[Replacement]) -> str:
-    """The text with each span replaced; overlapping spans become one placeholder."""
-    merged: list[list[Any]] = []
-    for start, end, name in sorted(replacements):
-        if merged and start < merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end, name])
-    out, at = [], 0
-    for start, end, name in merged:
-        out += [text[at:start], name]
-        at = end
-    out.append(text[at:])
-    return "".join(out)
+class Masker:
+    """Replaces every occurrence of the confirmed texts, longest first, and counts them."""
 
+    def __init__(self, texts: dict[str, str]) -> None:
+        self.texts = texts
+        self.counts: Counter[str] = Counter()
+        ordered = sorted(texts, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
-def _replace_strings(node: Any, new: dict[int, str]) -> Any:
-    """The body with every string object whose id is in `new` replaced (identity, not value:
-    only the strings the messages were joined from)."""
-    if isinstance(node, str):
-        return new.get(id(node), node)
-    if isinstance(node, list):
-        return [_replace_strings(item, new) for item in node]
-    if isinstance(node, dict):
-        return {key: _replace_strings(value, new) for key, value in node.items()}
-    return node
+    def text(self, value: str) -> str:
+        if self._pattern is None:
+            return value
 
+        def name(match: re.Match[str]) -> str:
+            self.counts[self.texts[match.group(0)]] += 1
+            return self.texts[match.group(0)]
 
-def mask_request(
-    body: dict[str, Any],
-    sent: Sequence[Message],
-    sources: Sequence[Sequence[tuple[str, int]]],
-    replacements: dict[int, list[Replacement]],
-) -> dict[str, Any]:
-    """The request body with the planned replacements made in the strings they came from.
-    `sources[i]` are the (string, offset) pairs `sent[i]` was joined from."""
-    per_string: dict[int, list[Replacement]] = {}
-    strings: dict[int, str] = {}
-    for index, planned in replacements.items():
-        for start, end, name in planned:
-            covered = False
-            for string, offset in sources[index]:
-                lo, hi = max(start, offset), min(end, offset + len(string))
-                if lo < hi:
-                    per_string.setdefault(id(string), []).append((lo - offset, hi - offset, name))
-                    strings[id(string)] = string
-                    covered = True
-            if not covered:
-                raise MaskError("a span falls between the parts of a message")
-    new = {key: apply(strings[key], planned) for key, planned in per_string.items()}
-    masked = _replace_strings(body, new)
-    assert isinstance(masked, dict)
-    return masked
+        return self._pattern.sub(name, value)
+
+    def document(self, node: Any) -> Any:
+        """A JSON document with the texts masked in every string value and key."""
+        if isinstance(node, str):
+            return self.text(node)
+        if isinstance(node, list):
+            return [self.document(item) for item in node]
+        if isinstance(node, dict):
+            return {self.text(key) if isinstance(key, str) else key: self.document(value)
+                    for key, value in node.items()}
+        return node

@@ -7,17 +7,14 @@ from typing import Any
 
 import pytest
 
-from lakera_addon import extract
 from lakera_addon.configuration import Settings
 from lakera_addon.decision import decide
 from lakera_addon.decision import strictest_action
 from lakera_addon.lakera_client import Verdict
+from lakera_addon.masking import Masker
 from lakera_addon.masking import MaskError
-from lakera_addon.masking import apply
-from lakera_addon.masking import locate
-from lakera_addon.masking import mask_request
+from lakera_addon.masking import confirmed_texts
 from lakera_addon.masking import placeholder
-from lakera_addon.masking import plan
 
 EMAIL = "jane.doe@example.com"
 
@@ -27,27 +24,43 @@ def span(text: str, start: int, end: int, kind: str = "pii/email", mid: int = 0)
 
 
 @pytest.mark.parametrize(
-    ("content", "start", "end", "expected"),
+    ("content", "start", "end"),
     [
-        (f"mail {EMAIL} now", 5, 25, (5, 25)),  # code points, exclusive end
-        (f"mail {EMAIL} now", 5, 24, (5, 25)),  # inclusive end
-        (f"😀 mail {EMAIL}", 8, 28, (7, 27)),  # UTF-16 units: the emoji counts 2
-        (f"é mail {EMAIL}", 8, 28, (7, 27)),  # UTF-8 bytes: é counts 2
-        (f"ÿ😀 {EMAIL}", 3, 23, (3, 23)),  # code points win when they match
+        (f"mail {EMAIL} now", 5, 25),  # code points, exclusive end
+        (f"mail {EMAIL} now", 5, 24),  # inclusive end
+        (f"😀 mail {EMAIL}", 8, 28),  # UTF-16 units: the emoji counts 2
+        (f"é mail {EMAIL}", 8, 28),  # UTF-8 bytes: é counts 2
+        (f"ÿ😀 {EMAIL}", 3, 23),  # code points
     ],
 )
-def test_locate_checks_the_text_in_any_unit(content, start, end, expected) -> None:
-    assert locate(content, span(EMAIL, start, end)) == expected
+def test_spans_are_confirmed_in_any_unit(content, start, end) -> None:
+    assert confirmed_texts([content], [span(EMAIL, start, end)], ["pii/email"]) == {
+        EMAIL: "[EMAIL]"}
 
 
 @pytest.mark.parametrize(
     "bad",
-    [span(EMAIL, 8, 28), span(EMAIL, 0, 5), {"start": 1, "text": EMAIL}, span("", 0, 0),
-     span(EMAIL, -5, 15)],
+    [span(EMAIL, 8, 28), span(EMAIL, 0, 5), {"start": 1, "text": EMAIL, "detector_type":
+     "pii/email"}, span("", 0, 0), span(EMAIL, -5, 15),
+     {**span(EMAIL, 5, 25), "detector_type": ["pii/email"]},
+     {**span(EMAIL, 5, 25), "message_id": True}, "not a span"],
 )
-def test_locate_refuses_spans_that_do_not_match(bad) -> None:
+def test_spans_that_do_not_match_or_are_malformed_are_refused(bad) -> None:
     with pytest.raises(MaskError):
-        locate(f"mail {EMAIL} now", bad)
+        confirmed_texts([f"mail {EMAIL} now"], [bad], ["pii/email"])
+
+
+def test_one_reading_for_all_spans() -> None:
+    """Byte offsets of the first span, read as code points, would land on the second copy:
+    the reading must be the one under which every span matches."""
+    content = "日日日日a@b.cd  a@b.cd"
+    spans = [span("a@b.cd", 12, 18), span("a@b.cd", 20, 26)]
+    assert confirmed_texts([content], spans, ["pii/email"]) == {"a@b.cd": "[EMAIL]"}
+    masker = Masker({"a@b.cd": "[EMAIL]"})
+    assert masker.text(content) == "日日日日[EMAIL]  [EMAIL]"
+    with pytest.raises(MaskError, match="do not match"):
+        confirmed_texts([content], [span("a@b.cd", 4, 10), span("a@b.cd", 20, 26)],
+                        ["pii/email"])
 
 
 @pytest.mark.parametrize(
@@ -59,39 +72,34 @@ def test_placeholders(kind, name) -> None:
     assert placeholder(kind) == name
 
 
-def test_overlapping_spans_become_one_placeholder() -> None:
-    assert apply("abcdefgh", [(1, 4, "[A]"), (3, 6, "[B]"), (7, 8, "[C]")]) == "a[A]g[C]"
-
-
-def test_plan_needs_a_span_for_every_masked_type() -> None:
-    contents = [f"mail {EMAIL}"]
+def test_every_masked_type_and_detected_message_needs_a_span() -> None:
+    contents = [f"mail {EMAIL}", f"again {EMAIL}"]
     with pytest.raises(MaskError, match="pii/credit_card without a usable span"):
-        plan(contents, [span(EMAIL, 5, 25)], ["pii/email", "pii/credit_card"])
+        confirmed_texts(contents, [span(EMAIL, 5, 25)], ["pii/email", "pii/credit_card"])
+    with pytest.raises(MaskError, match=r"pii/email \(message 1\) without a usable span"):
+        confirmed_texts(contents, [span(EMAIL, 5, 25)], ["pii/email"],
+                        detected=[("pii/email", 0), ("pii/email", 1)])
     with pytest.raises(MaskError, match="names a message it was not sent"):
-        plan(contents, [span(EMAIL, 5, 25, mid=3)], ["pii/email"])
-    replacements, counts = plan(contents, [span(EMAIL, 5, 25), span("x", 0, 1, "other")],
-                                ["pii/email"])
-    assert replacements == {0: [(5, 25, "[EMAIL]")]} and counts == Counter({"[EMAIL]": 1})
+        confirmed_texts(contents, [span(EMAIL, 5, 25, mid=3)], ["pii/email"])
+    texts = confirmed_texts(contents, [span(EMAIL, 5, 25), span("x", 0, 1, "other")],
+                            ["pii/email"], detected=[("pii/email", 0), ("other", 1)])
+    assert texts == {EMAIL: "[EMAIL]"}
 
 
-def test_mask_request_in_the_strings_the_messages_came_from() -> None:
+def test_masker_replaces_every_occurrence_everywhere_longest_first() -> None:
+    masker = Masker({EMAIL: "[EMAIL]", "doe@example.com": "[EMAIL]", "4111": "[CREDIT_CARD]"})
     body: dict[str, Any] = {"model": "m", "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "first part"},
-                                     {"type": "image_url", "image_url": {"url": "x"}},
-                                     {"type": "text", "text": f"write to {EMAIL} please"}]},
-        {"role": "user", "content": f"cc {EMAIL}"}]}
-    messages = extract.request_messages("openai-chat", body)
-    assert isinstance(messages, extract.Messages)
-    sent = messages[1:]  # as if the system prompt had not been sent
-    sources = messages.sources[1:]
-    payload = [span(EMAIL, 20, 40, mid=0), span(EMAIL, 3, 23, mid=1)]
-    replacements, _ = plan([m["content"] for m in sent], payload, ["pii/email"])
-    masked = mask_request(body, sent, sources, replacements)
-    assert masked["messages"][1]["content"][0] == {"type": "text", "text": "first part"}
-    assert masked["messages"][1]["content"][2]["text"] == "write to [EMAIL] please"
-    assert masked["messages"][2]["content"] == "cc [EMAIL]"
-    assert body["messages"][2]["content"] == f"cc {EMAIL}"  # the original is not changed
+        {"role": "user", "content": [{"type": "text", "text": f"to {EMAIL}, {EMAIL}"}]},
+        {"role": "assistant", "tool_calls": [{"function": {
+            "arguments": f'{{"to": "{EMAIL}", "card": "4111"}}'}}]},
+        {"role": "user", "content": "x"}], "metadata": {"x": "x"}}
+    masked = masker.document(body)
+    assert masked["messages"][0]["content"][0]["text"] == "to [EMAIL], [EMAIL]"
+    assert masked["messages"][1]["tool_calls"][0]["function"]["arguments"] == (
+        '{"to": "[EMAIL]", "card": "[CREDIT_CARD]"}')
+    assert masked["messages"][2]["content"] == "x" and masked["metadata"] == {"x": "x"}
+    assert masker.counts == Counter({"[EMAIL]": 3, "[CREDIT_CARD]": 1})
+    assert body["messages"][0]["content"][0]["text"] == f"to {EMAIL}, {EMAIL}"  # unchanged
 
 
 @pytest.mark.parametrize(

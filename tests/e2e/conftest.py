@@ -48,6 +48,7 @@ ROUTES = [
     route("budget", max_screen_bytes=4096),
     route("mask", detector_actions=MASK_RULES),
     route("mask-open", detector_actions=MASK_RULES, fail_open=True),
+    route("mask-budget", detector_actions=MASK_RULES, max_screen_bytes=4096),
 ]
 
 

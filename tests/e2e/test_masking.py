@@ -5,6 +5,7 @@ that cannot be trusted never lets unmasked text pass as masked."""
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -151,3 +152,36 @@ def test_lakera_is_asked_for_the_payload_only_when_masking(clients: Clients, lak
     ask(plain, "chat", False, f"hello {plain.id}")
     assert lakera_bodies(lakera, masked.id)[0].get("payload") is True
     assert "payload" not in lakera_bodies(lakera, plain.id)[0]
+
+
+def test_pii_everywhere_in_the_body_is_masked(clients: Clients, proxy: Proxy, llm) -> None:
+    """The address Lakera found is masked wherever else it occurs: in a tool call's arguments,
+    in an older turn left out of the call by max_screen_bytes (screened in a call of its own),
+    and an address only in that older turn too."""
+    c = clients.make("mask-budget")
+    old_only = "old.friend@example.org"
+    messages = [
+        {"role": "system", "content": f"Assistant for {c.id}"},
+        {"role": "user", "content": f"I am {EMAIL}, my friend is {old_only} " + "x " * 1500},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "send", "arguments": f'{{"to": "{EMAIL}"}}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sent"},
+        {"role": "user", "content": f"now write to {EMAIL} again " + "y " * 700},
+    ]
+    c.openai.chat.completions.create(model="m", messages=messages)
+    assert proxy.wait_for_log("route=mask-budget]: 1 older of 4 messages left out")
+    body = json.dumps(llm_saw(llm, c.id)[0]["body"])
+    assert EMAIL not in body and old_only not in body
+    assert body.count("[EMAIL]") == 4
+
+
+def test_masked_json_answer_keeps_everything_else(clients: Clients, llm) -> None:
+    c = clients.make("mask")
+    reply = f"Contact {EMAIL} for {c.id}"
+    answer = c.openai.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-standin-reply": reply})
+    original = json.loads(bytes(llm.sent[c.id]))
+    assert answer.choices[0].message.content == f"Contact [EMAIL] for {c.id}"
+    assert answer.id == original["id"] and answer.usage.total_tokens == 10
