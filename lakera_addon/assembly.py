@@ -19,6 +19,8 @@ a short reason that never quotes the content. Nothing here raises, whatever the 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -40,6 +42,26 @@ _RESPONSES_TERMINAL: Final = frozenset(
 _RESPONSES_TEXT: Final = frozenset({"response.output_text.delta", "response.refusal.delta"})
 
 _Key = tuple[int, int]
+
+# the C scanner json.loads uses (typeshed does not declare the attribute)
+_SCAN: Final[Callable[[str, int], tuple[object, int]]] = (
+    json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+)
+_WHITESPACE: Final = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
+_SLICE: Final = 64 * 1024  # a whole body is parsed in slices of this size (memory)
+
+
+def _json(data: str) -> object:
+    """`json.loads(data)` without its per-call overhead (a third of it for a small event):
+    the same C scanner, the same accepted documents; ValueError for anything else."""
+    start = 0 if data.startswith("{") else _WHITESPACE.match(data).end()  # type: ignore[union-attr]
+    try:
+        document, end = _SCAN(data, start)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if end != len(data) and _WHITESPACE.match(data, end).end() != len(data):  # type: ignore[union-attr]
+        raise ValueError("extra data after the JSON document")
+    return document
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +112,7 @@ class StreamAssembler:
         """The stream ended with the upstream's error event."""
         return self._errored
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Parse one chunk of the (already content-decoded) body."""
         if self._protocol == "openai-embeddings":
             return
@@ -117,12 +139,14 @@ class StreamAssembler:
             self._pieces.setdefault(key, []).append(text)
 
     def _event(self, event: SSEEvent) -> None:
-        if self._protocol == "openai-chat" and event.data.strip() == "[DONE]":
+        data = event.data
+        if (self._protocol == "openai-chat" and not data.startswith("{")
+                and data.strip() == "[DONE]"):
             self._recognised = True
             self._terminated = True
             return
         try:
-            payload = json.loads(event.data)
+            payload = _json(data)
         except (ValueError, RecursionError):
             self._failure = NOT_JSON
             return
@@ -186,9 +210,12 @@ class StreamAssembler:
 
 
 def assemble(protocol: Protocol, body: bytes) -> StreamResult:
-    """The assembled text of a whole SSE body."""
+    """The assembled text of a whole SSE body. Fed in slices, so that the decoded text, its
+    lines and its events exist for one slice at a time, not for the whole body at once."""
     assembler = StreamAssembler(protocol)
-    assembler.feed(body)
+    view = memoryview(body)
+    for at in range(0, len(body), _SLICE):
+        assembler.feed(view[at : at + _SLICE])
     return assembler.finish()
 
 

@@ -23,7 +23,10 @@ PART_OVERLAP_BYTES = 2000
 
 
 def _size(message: Message) -> int:
-    return len(message["content"].encode("utf-8", "surrogatepass"))
+    content = message["content"]
+    if content.isascii():  # a flag of the string: no encoding, no copy
+        return len(content)
+    return len(content.encode("utf-8", "surrogatepass"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +76,20 @@ def split_text(text: str, limit: int, overlap: int = PART_OVERLAP_BYTES) -> list
         while (data[next_start] & 0xC0) == 0x80:
             next_start += 1
         start = next_start
+
+
+def batches(messages: Sequence[Message], limit: int) -> list[list[Message]] | None:
+    """Consecutive messages packed into calls of at most `limit` bytes each; None if one
+    message alone is larger."""
+    packed: list[list[Message]] = []
+    size = 0
+    for message in messages:
+        length = _size(message)
+        if length > limit:
+            return None
+        if not packed or size + length > limit:
+            packed.append([])
+            size = 0
+        packed[-1].append(message)
+        size += length
+    return packed

@@ -14,6 +14,9 @@ from lakera_addon.content_decoding import make_decoder
 from lakera_addon.protocols import Protocol
 
 STREAM_CUT = "stream did not end"  # the connection closed (upstream or client) before its end
+# Decoded bytes gathered before they are parsed: the parser's per-call costs once per 32 KB,
+# not once per event (docs/performance.md); the text is screened only at the end anyway.
+BATCH_BYTES = 32 * 1024
 
 
 class StreamTap:
@@ -23,6 +26,7 @@ class StreamTap:
         self._assembler = StreamAssembler(protocol)
         self._max_bytes = max_bytes
         self._seen = 0
+        self._batch = bytearray()  # decoded, not yet parsed
         self._failure: str | None = None
         self.ended = False
         try:
@@ -34,6 +38,7 @@ class StreamTap:
     def __call__(self, data: bytes) -> bytes:
         if not data:
             self.ended = True
+            self._flush()
             return data
         if self._failure is None:
             try:
@@ -49,15 +54,27 @@ class StreamTap:
             return
         if self._decode is not None:
             data = self._decode(data)
-        self._assembler.feed(data)
+        self._batch += data
+        if len(self._batch) >= BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch and self._failure is None:
+            try:
+                self._assembler.feed(self._batch)
+            except Exception as e:  # a stream function must never raise
+                self._failure = f"cannot read the stream: {type(e).__name__}"
+        self._batch = bytearray()
 
     @property
     def partial_text(self) -> str:
         """The assistant text read so far (for a stream that was cut short)."""
+        self._flush()
         return self._assembler.text if self._failure is None else ""
 
     def result(self) -> StreamResult:
         """The assembled stream; a failure to read it is an incomplete result with a reason."""
+        self._flush()
         if self._failure is not None:
             return StreamResult(text="", complete=False, reason=self._failure)
         if not self.ended:

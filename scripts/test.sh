@@ -6,7 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/bootstrap.sh" test
 cd "$ROOT"
 echo "[test] ruff check" >&2
-.venv/bin/ruff check lakera_addon tests
+.venv/bin/ruff check lakera_addon tests bench
 echo "[test] mypy" >&2
 .venv/bin/mypy
 echo "[test] pytest" >&2
