@@ -7,6 +7,7 @@ import json
 import logging
 import weakref
 from collections import Counter
+from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Coroutine
 from collections.abc import Sequence
@@ -190,16 +191,21 @@ class LakeraGuard:
 
     # --- request side --------------------------------------------------------------------
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        # A plain function: a flow on no route costs no coroutine; mitmproxy awaits what a
+        # hook returns when it is awaitable.
         if flow.response or flow.error or not flow.live or self.config is None:
-            return
+            return None
         if flow.request.method != "POST":
-            return
+            return None
         hosts = (flow.request.host, flow.request.pretty_host)
         route = self.config.route_for(hosts, flow.request.path)
         if route is None:
-            return
+            return None
         reporting.start(flow, route, None)
+        return self._request(flow, route)
+
+    async def _request(self, flow: http.HTTPFlow, route: Route) -> None:
         try:
             await self._guard_request(flow, route)
         except Exception as e:  # a bug must not let the request skip the decision
@@ -398,15 +404,18 @@ class LakeraGuard:
         else:  # held: mitmproxy buffers the body until the response hook has decided
             flow.response.stream = False
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state = self._output_state(flow)
         if state is None or flow.response is None:
-            return
+            return None
         self._flows.pop(flow, None)  # exactly one scan per response
         if state.tap is not None:
             self._spawn(self._background_stream_scan(flow, state, state.tap),
                         "lakera pass-through scan")
-            return
+            return None
+        return self._held(flow, state)
+
+    async def _held(self, flow: http.HTTPFlow, state: FlowState) -> None:
         try:
             await self._screen_held(flow, state)
         except Exception as e:  # a bug must not release a held answer unscreened

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
 from pathlib import Path
 
 import yaml
@@ -14,6 +15,12 @@ from mitmproxy.test import tflow
 from lakera_addon.guard_addon import LakeraGuard
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import LakeraGuardStandin
+
+
+async def hook(result: Awaitable[None] | None) -> None:
+    """Await a hook's result as mitmproxy does: only when it is awaitable."""
+    if result is not None:
+        await result
 
 
 def test_answer_streamed_by_another_addon_is_not_reported_as_blocked(tmp_path: Path) -> None:
@@ -32,14 +39,14 @@ def test_answer_streamed_by_another_addon_is_not_reported_as_blocked(tmp_path: P
                 body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
                 flow = tflow.tflow(req=http.Request.make(
                     "POST", "http://api.test/v1/chat/completions", body))
-                await addon.request(flow)
+                await hook(addon.request(flow))
                 flow.response = http.Response.make(
                     200, json.dumps({"choices": [{"message": {"content": ATTACK_TRIGGER}}]}),
                     {"content-type": "application/json"})
                 addon.responseheaders(flow)
                 flow.response.stream = True  # what another addon might do after ours
                 original = flow.response
-                await addon.response(flow)
+                await hook(addon.response(flow))
                 assert flow.response is original
                 await addon.lakera.aclose()
                 tctx.master._legacy_log_events.uninstall()

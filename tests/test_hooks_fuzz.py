@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,12 @@ response_bodies = st.one_of(st.binary(max_size=300), sse_events,
                             json_values.map(lambda v: json.dumps(v).encode()))
 
 
+async def hook(result: Awaitable[None] | None) -> None:
+    """Await a hook's result as mitmproxy does: only when it is awaitable."""
+    if result is not None:
+        await result
+
+
 class Recorder(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -94,7 +101,7 @@ async def run_flow(config: Path, path: str, body: bytes, status: int, content_ty
     with taddons.context(addon) as tctx:  # type: ignore[no-untyped-call]
         tctx.configure(addon, lakera_config=str(config))
         flow = tflow.tflow(req=http.Request.make("POST", f"http://api.test{path}", body))
-        await addon.request(flow)
+        await hook(addon.request(flow))
         passed = b""
         if flow.response is None:
             flow.response = http.Response.make(status, b"", {"content-type": content_type})
@@ -113,10 +120,10 @@ async def run_flow(config: Path, path: str, body: bytes, status: int, content_ty
                     addon.error(flow)
                 else:
                     stream(b"")
-                    await addon.response(flow)
+                    await hook(addon.response(flow))
             else:
                 flow.response.content = answer
-                await addon.response(flow)
+                await hook(addon.response(flow))
         for _ in range(100):  # let background scans (shadow, pass-through) finish
             if not [t for t in asyncio.all_tasks() if t.get_name().startswith("lakera")]:
                 break
