@@ -61,7 +61,9 @@ class Proxy:
     def records(self, test_id: str) -> list[dict[str, Any]]:
         if not self.observer_path.exists():
             return []
-        lines = self.observer_path.read_text(encoding="utf-8").splitlines()
+        text = self.observer_path.read_text(encoding="utf-8")
+        # mitmdump may be writing a line right now: only complete lines are read
+        lines = text.split("\n")[:-1]
         return [r for r in map(json.loads, lines) if r["id"] == test_id]
 
     def logged(self, needle: str) -> list[str]:
