@@ -25,6 +25,7 @@ from lakera_addon import protocols
 Direction = Literal["input", "output", "both"]
 Action = Literal["block", "alert"]
 DetectorAction = Literal["block", "alert", "mask"]
+InputScope = Literal["conversation", "latest"]
 FailMode = Literal["skip", "warn", "error"]
 
 DEFAULT_ENDPOINT = "https://api.lakera.ai/v2/guard"
@@ -56,6 +57,7 @@ class Settings:
     fail_mode: FailMode = "skip"
     max_body_bytes: int = 8 * 1024 * 1024
     max_screen_bytes: int = 128_000  # Lakera's documented content limit per call (128 kB)
+    input_scope: InputScope = "conversation"  # or "latest": system + what the turn adds
     # (detector-type glob, block|alert|mask), in the file's order
     detector_actions: tuple[tuple[str, DetectorAction], ...] = ()
 
@@ -257,6 +259,7 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "fail_mode": _choice("skip", "warn", "error"),
     "max_body_bytes": parse_size,
     "max_screen_bytes": _screen_size,
+    "input_scope": _choice("conversation", "latest"),
     "detector_actions": _detector_actions,
 }
 SETTING_KEYS = frozenset(_PARSERS) | {"api_key"}

@@ -170,3 +170,27 @@ def sniff_stream(raw: bytes) -> bool:
     """Whether a body the addon does not parse (too large, streamed) asks to stream, for the
     shape of a deny. A `"stream": true` inside a JSON string is escaped and does not match."""
     return _STREAM_TRUE.search(raw) is not None
+
+
+def _model_turn(protocol: Protocol, item: object) -> bool:
+    """Whether a conversation item is the model's own (an assistant turn or a tool call)."""
+    if not isinstance(item, dict):
+        return False
+    if protocol == protocols.OPENAI_RESPONSES:
+        return item.get("role") == "assistant" or item.get("type") in (
+            "function_call", "custom_tool_call", "reasoning")
+    return item.get("role") == "assistant"
+
+
+def latest_turn(protocol: Protocol, body: dict[str, object]) -> dict[str, object]:
+    """`input_scope: latest`: the body with its conversation cut to what follows the model's
+    last turn (the new user input and tool results); system messages and `system` /
+    `instructions` stay. Earlier turns were screened when they were new."""
+    key = "input" if protocol == protocols.OPENAI_RESPONSES else "messages"
+    items = body.get(key)
+    if protocol == protocols.OPENAI_EMBEDDINGS or not isinstance(items, list):
+        return body
+    last = max((i for i, item in enumerate(items) if _model_turn(protocol, item)), default=-1)
+    kept = [item for i, item in enumerate(items) if i > last or (
+        isinstance(item, dict) and item.get("role") in ("system", "developer"))]
+    return {**body, key: kept}

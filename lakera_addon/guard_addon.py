@@ -281,6 +281,15 @@ class LakeraGuard:
         if not messages:
             self._record(flow, state.route, "request", Decision("unscanned", False, "no text"))
             return
+        if state.settings.input_scope == "latest" and not state.settings.masks:
+            # (with mask rules the whole conversation is screened: a client resends its own,
+            # unmasked history every turn)
+            messages = extract.request_messages(
+                state.protocol, extract.latest_turn(state.protocol, body))
+            if not messages:
+                self._record(flow, state.route, "request",
+                             Decision("unscanned", False, "no new text since the last turn"))
+                return
         limit = state.settings.max_screen_bytes
         fitted = screen_budget.fit_request(messages, limit)
         if fitted is None:

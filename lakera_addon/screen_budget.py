@@ -93,3 +93,4 @@ def batches(messages: Sequence[Message], limit: int) -> list[list[Message]] | No
         packed[-1].append(message)
         size += length
     return packed
+

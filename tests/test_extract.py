@@ -4,6 +4,7 @@ import pytest
 
 from lakera_addon import protocols
 from lakera_addon.extract import BodyShapeError
+from lakera_addon.extract import latest_turn
 from lakera_addon.extract import request_messages
 from lakera_addon.extract import request_streams
 from lakera_addon.routing import detect_protocol
@@ -126,3 +127,31 @@ def test_stream_flag() -> None:
     assert request_streams(protocols.OPENAI_CHAT, {"stream": True})
     assert not request_streams(protocols.OPENAI_CHAT, {"stream": "true"})
     assert not request_streams(protocols.OPENAI_EMBEDDINGS, {"stream": True})
+
+
+@pytest.mark.parametrize(
+    ("protocol", "body", "texts"),
+    [
+        ("openai-chat", {"messages": [
+            {"role": "system", "content": "S"}, {"role": "user", "content": "old"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+            {"role": "tool", "content": "T1"}, {"role": "user", "content": "new"}]},
+         ["S", "T1", "new"]),
+        ("openai-chat", {"messages": [{"role": "user", "content": "only"}]}, ["only"]),
+        ("openai-chat", {"messages": [{"role": "user", "content": "q"},
+                                      {"role": "assistant", "content": "a"}]}, []),
+        ("anthropic-messages", {"system": "S", "messages": [
+            {"role": "user", "content": "old"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t"}]},
+            {"role": "user", "content": [{"type": "tool_result", "content": "R"}]}]},
+         ["S", "R"]),
+        ("openai-responses", {"instructions": "I", "input": [
+            {"role": "user", "content": "old"},
+            {"type": "function_call", "call_id": "c", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": "O"}]}, ["I", "O"]),
+        ("openai-responses", {"input": "just a string"}, ["just a string"]),
+    ],
+)
+def test_latest_turn(protocol, body, texts) -> None:
+    trimmed = latest_turn(protocol, body)
+    assert [m["content"] for m in request_messages(protocol, trimmed)] == texts

@@ -83,3 +83,4 @@ def test_a_phrase_shorter_than_the_overlap_is_whole_in_some_part(text, limit) ->
     at = len(text) // 2
     text = text[:at] + phrase + text[at:]
     assert any(phrase in p for p in split_text(text, limit, overlap=limit // 2))
+

@@ -49,6 +49,7 @@ ROUTES = [
     route("mask", detector_actions=MASK_RULES),
     route("mask-open", detector_actions=MASK_RULES, fail_open=True),
     route("mask-budget", detector_actions=MASK_RULES, max_screen_bytes=4096),
+    route("latest", input_scope="latest"),
 ]
 
 
