@@ -108,11 +108,16 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 
 
 def mitmdump_command(
-    config: Path | None, upstream: str, confdir: Path, extra: tuple[str, ...] = ()
+    config: Path | None,
+    upstream: str,
+    confdir: Path,
+    extra: tuple[str, ...] = (),
+    mode: str | None = None,
 ) -> list[str]:
+    """The mitmdump command line: reverse mode to `upstream` unless another `mode` is given."""
     command = [
         str(MITMDUMP),
-        "--mode", f"reverse:{upstream}@0",
+        "--mode", mode or f"reverse:{upstream}@0",
         "--listen-host", "127.0.0.1",
         "-s", str(ADDON),
         "-s", str(OBSERVER),
@@ -131,6 +136,7 @@ def run_mitmdump(
     workdir: Path,
     extra: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    mode: str | None = None,
 ) -> Iterator[Proxy]:
     """Start mitmdump on a free port, wait until it listens, always stop it."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +148,7 @@ def run_mitmdump(
     environment.setdefault("HTTP_PROXY", "http://127.0.0.1:9")
     environment.setdefault("HTTPS_PROXY", "http://127.0.0.1:9")
     environment.setdefault("ALL_PROXY", "http://127.0.0.1:9")
-    command = mitmdump_command(config, upstream, workdir / "confdir", extra)
+    command = mitmdump_command(config, upstream, workdir / "confdir", extra, mode)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=workdir

@@ -19,7 +19,6 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,8 @@ from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import LakeraGuardStandin
 from lakera_addon.standins.llm_upstream import DEFAULT_REPLY
 from lakera_addon.standins.llm_upstream import LLMUpstreamStandin
-from tests.harness import LISTENING
 from tests.harness import Proxy
-from tests.harness import mitmdump_command
-from tests.harness import stop
+from tests.harness import run_mitmdump
 from tests.harness import wait_until
 from tests.harness import write_config
 from tests.tls import self_signed_files
@@ -98,34 +95,6 @@ def run_client(base_url: str, prompt: str, test_id: str, stream: bool,
         env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
-@contextmanager
-def run_regular_mitmdump(config: Path, workdir: Path, extra: tuple[str, ...]) -> Iterator[Proxy]:
-    """tests/harness.py's run_mitmdump, with the reverse mode replaced by `regular@0`."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / "mitmdump.log"
-    observer_path = workdir / "flows.jsonl"
-    command = mitmdump_command(config, "http://127.0.0.1:9", workdir / "confdir", extra)
-    command[command.index("--mode") + 1] = "regular@0"
-    environment = {**os.environ, "LAKERA_TEST_OBSERVER": str(observer_path)}
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):  # the Lakera client ignores them
-        environment[name] = "http://127.0.0.1:9"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env=environment, cwd=workdir)
-    try:
-        def listening() -> int | None:
-            if process.poll() is not None:
-                raise AssertionError(f"mitmdump exited with {process.returncode}:\n"
-                                     f"{log_path.read_text()}")
-            match = LISTENING.search(log_path.read_text(errors="replace"))
-            return int(match.group(1)) if match else None
-
-        port = wait_until(listening, 30, "mitmdump to listen")
-        yield Proxy(port, log_path, observer_path, process)
-    finally:
-        stop(process)
-
-
 @pytest.fixture(scope="module")
 def lakera() -> Iterator[LakeraGuardStandin]:
     with LakeraGuardStandin(api_key=LAKERA_KEY) as standin:
@@ -165,7 +134,9 @@ def regular(lakera: LakeraGuardStandin, tls_llm: LLMUpstreamStandin,
     allow = allow_hosts_regex(config_hosts(str(config)))  # what lakera-allow-hosts prints
     assert allow == r"^(127\.0\.0\.1)\.?(:\d+)?$"
     extra = ("--set", "ssl_insecure=true", "--allow-hosts", allow)
-    with run_regular_mitmdump(config, workdir, extra) as proxy:
+    dead = "http://127.0.0.1:9"  # the Lakera client ignores proxy variables
+    with run_mitmdump(config, dead, workdir, extra, mode="regular@0",
+                      env={"HTTP_PROXY": dead, "HTTPS_PROXY": dead, "ALL_PROXY": dead}) as proxy:
         ca_file = workdir / "confdir" / "mitmproxy-ca-cert.pem"
         wait_until(ca_file.exists, 10, "mitmproxy to create its CA")
         yield RegularProxy(proxy, ca_file)
