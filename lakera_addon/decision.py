@@ -19,10 +19,6 @@ class Decision:
     reason: str | None = None  # for failures and unscanned flows: why, without any content
     mask: bool = False  # flagged, and the strictest action of its detectors is `mask`
 
-    @property
-    def allowed_with_warning(self) -> bool:
-        return not self.deny and self.outcome in ("flagged", "failure")
-
 
 def decide(verdict: Verdict, settings: Settings) -> Decision:
     if verdict.failure is not None:

@@ -455,7 +455,7 @@ class LakeraGuard:
 
     async def _screen_held(self, flow: http.HTTPFlow, state: FlowState) -> None:
         settings = state.settings
-        text, failure = await self._response_text(flow, state)
+        text, failure, document = await self._response_text(flow, state)
         if failure is not None and flow.response is not None and flow.response.stream:
             # another addon streamed it to the client already: a deny could not take effect
             self._record(flow, state.route, "response", Decision("failure", False, failure))
@@ -478,7 +478,7 @@ class LakeraGuard:
             try:
                 if len(parts) > 1:
                     raise masking.MaskError("an answer screened in parts cannot be masked")
-                masked = self._mask_response(flow, state, text, verdict)
+                masked = self._mask_response(flow, state, text, document, verdict)
             except masking.MaskError as e:
                 decision = decide_failure(f"cannot mask: {e}", settings)
         self._record(flow, state.route, "response", decision, verdict, masked)
@@ -486,19 +486,22 @@ class LakeraGuard:
             self._deny(flow, state, "response", verdict)
 
     def _mask_response(
-        self, flow: http.HTTPFlow, state: FlowState, text: str, verdict: Verdict
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        text: str,
+        document: Any,
+        verdict: Verdict,
     ) -> Counter[str]:
         """Mask the confirmed texts in the answer. A JSON answer is masked in place (ids, usage,
         tool calls kept; the texts masked wherever they occur); a held stream is re-framed from
-        its masked text in the protocol's own shape, so that the SDKs parse it."""
+        its masked text in the protocol's own shape, so that the SDKs parse it. `document` is the
+        parsed JSON answer, None for a stream."""
         assert flow.response is not None
         masker = masking.Masker(self._confirmed(state.settings, [
             {"role": "assistant", "content": text}], verdict))
-        if not routing.is_event_stream(flow.response.headers.get("content-type")):
-            content = content_decoding.decode_bounded(
-                flow.response.raw_content or b"", flow.response.headers.get("content-encoding"),
-                state.settings.max_body_bytes)
-            masked = masker.document(json.loads(content))
+        if document is not None:
+            masked = masker.document(document)
             flow.response.headers.pop("content-encoding", None)
             flow.response.content = json.dumps(masked, ensure_ascii=False).encode()
             flow.response.headers["x-lakera-guard"] = "masked"
@@ -516,32 +519,33 @@ class LakeraGuard:
 
     async def _response_text(
         self, flow: http.HTTPFlow, state: FlowState
-    ) -> tuple[str, str | None]:
-        """(assistant text, failure reason) of a buffered response."""
+    ) -> tuple[str, str | None, Any]:
+        """(assistant text, failure reason, the parsed JSON answer or None for a stream) of a
+        buffered response."""
         assert flow.response is not None
         limit = state.settings.max_body_bytes
         if flow.response.stream:
-            return "", "response was streamed by another addon, not held"
+            return "", "response was streamed by another addon, not held", None
         try:
             content = content_decoding.decode_bounded(
                 flow.response.raw_content or b"",
                 flow.response.headers.get("content-encoding"), limit)
         except content_decoding.TooLarge as e:
-            return "", f"response {e}"
+            return "", f"response {e}", None
         except ValueError:
-            return "", "response body cannot be decoded"
+            return "", "response body cannot be decoded", None
         if routing.is_event_stream(flow.response.headers.get("content-type")):
             result = (assembly.assemble(state.protocol, content)
                       if len(content) <= OFF_LOOP_BYTES
                       else await _off_loop(assembly.assemble, state.protocol, content))
-            return (result.text, None) if result.complete else ("", result.reason)
+            return (result.text, None, None) if result.complete else ("", result.reason, None)
         try:
             body = await _parse_json(content)
         except TooDeep as e:
-            return "", f"response body {e}"
+            return "", f"response body {e}", None
         if body is None:
-            return "", "response body is not JSON"
-        return assembly.response_text(state.protocol, body), None
+            return "", "response body is not JSON", None
+        return assembly.response_text(state.protocol, body), None, body
 
     async def _background_stream_scan(
         self, flow: http.HTTPFlow, state: FlowState, tap: StreamTap
@@ -659,7 +663,3 @@ class LakeraGuard:
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         asyncio_utils.create_task(coro, name=name, keep_ref=True)
-
-    # for tests and commands
-    def routes(self) -> Sequence[Route]:
-        return self.config.routes if self.config else ()

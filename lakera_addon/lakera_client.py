@@ -41,10 +41,6 @@ class Verdict:
     # Lakera's `payload` (asked for only when masking is configured): the spans it found
     payload: tuple[dict[str, Any], ...] = field(default=(), repr=False)
 
-    @property
-    def failed(self) -> bool:
-        return self.failure is not None
-
 
 def merge(verdicts: Sequence[Verdict]) -> Verdict:
     """One verdict for a text screened in parts: a failure if any part failed, else flagged if
