@@ -50,10 +50,16 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, tuple[str, ...]]] = {
     "input-scan": ({"direction": "input", "action": "block"}, ()),
     "held": ({"direction": "output", "action": "block"}, ()),
     "pass-through": ({"direction": "output", "action": "alert", "fail_open": True}, ()),
+    "progressive": ({"direction": "output", "action": "block", "stream_mode": "progressive"},
+                    ()),
+    # identical requests (a retry storm): every Lakera call after the first is a cache hit
+    "input-cached": ({"direction": "input", "action": "block", "verdict_cache_seconds": 300},
+                     ()),
     "both": ({"direction": "both", "action": "block"}, ()),
 }
 # what each variant is compared with (plain mitmdump buffers a stream; plain-stream does not)
-BASELINES = {"pass-through": ("plain-stream", "plain"), "plain-stream": ("plain",)}
+BASELINES = {"pass-through": ("plain-stream", "plain"), "progressive": ("plain-stream", "plain"),
+             "plain-stream": ("plain",)}
 
 
 def log(message: str) -> None:
@@ -125,6 +131,9 @@ def addon_config(variant: dict[str, Any], ports: Standins) -> dict[str, Any]:
         "timeout": 30000,
         "max_body_bytes": 64 * 1024 * 1024,  # the 10 MB streams must fit (default 8 MiB)
         "routes": [{"name": "bench", "hosts": ["127.0.0.1"]}],
+        # the load repeats one request: without this every call after the first would be a
+        # cache hit (the input-cached variant shows that case)
+        "verdict_cache_seconds": 0,
     }
     return {**config, **variant}
 
@@ -306,7 +315,7 @@ def _num(value: float | None) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     body = ["| " + " | ".join(c.rjust(w) if i else c.ljust(w)
@@ -383,7 +392,8 @@ QUICK = Plan(rounds=1, main_c=10, main_requests={"json": 200, "sse": 100},
 
 MAIN = [("plain", False), ("plain", True), ("plain-stream", True), ("no-route", False),
         ("no-route", True), ("input-scan", False), ("input-scan", True), ("held", True),
-        ("pass-through", True), ("both", False)]
+        ("pass-through", True), ("progressive", True), ("both", False),
+        ("input-cached", False)]
 SSE_MAIN_REPEAT = 20  # ~64 KB of SSE: 320 events
 
 
@@ -423,7 +433,7 @@ class Bench:
 
     def wanted(self, variant: str) -> bool:
         return self.only is None or variant in self.only or variant == "plain" or (
-            variant == "plain-stream" and "pass-through" in self.only)
+            variant == "plain-stream" and bool({"pass-through", "progressive"} & self.only))
 
     def main_table(self) -> list[Figures]:
         scenarios = [(v, s) for v, s in MAIN if self.wanted(v)]
@@ -447,7 +457,7 @@ class Bench:
         out = []
         for target, n in self.plan.streams.items():
             load = Load(True, repeat=stream_repeat(target, self.ports))
-            for variant in ("plain", "held", "plain-stream", "pass-through"):
+            for variant in ("plain", "held", "plain-stream", "pass-through", "progressive"):
                 out.append(self.run(variant, load, self.plan.stream_c, n))
         return out
 
@@ -456,7 +466,7 @@ class Bench:
         for c, n in self.plan.concurrency.items():
             for variant, stream in (("plain", False), ("input-scan", False), ("both", False),
                                     ("plain", True), ("held", True), ("plain-stream", True),
-                                    ("pass-through", True)):
+                                    ("pass-through", True), ("progressive", True)):
                 load = Load(stream, repeat=SSE_MAIN_REPEAT if stream else JSON_REPLY_REPEAT)
                 out.append(self.run(variant, load, c, max(n, c)))
         return out
@@ -538,9 +548,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the Lakera stand-in's answer delay (default 20)")
     parser.add_argument("--only", action="append", choices=sorted(VARIANTS),
                         help="the main table for these scenarios only (plain always runs)")
-    parser.add_argument("--axes", default="conversation,stream,concurrency,micro",
+    parser.add_argument("--axes", default="conversation,stream,concurrency,micro,progressive",
                         help="which growth tables: comma-separated subset of "
-                             "conversation,stream,concurrency,micro, or 'none'")
+                             "conversation,stream,concurrency,micro,progressive, or 'none'")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin the proxy to one core and the rest to the others")
     parser.add_argument("--requests", type=int, help="requests per measurement (override)")
@@ -597,6 +607,12 @@ def main(argv: list[str] | None = None) -> int:
             conc_results = bench.concurrency_axis()
             section("Concurrency", figures_table(conc_results, "c") + "\n\n"
                     + ratio_table(conc_results, "c"))
+    if "progressive" in axes:
+        from bench import progressive  # it imports this module
+
+        with tempfile.TemporaryDirectory(prefix="lakera-bench-") as tmp:
+            for title, text in progressive.sections(Path(tmp), args.quick):
+                section(title, text)
     if "micro" in axes:
         rows = []
         for size in (1_000, 100_000, 1_000_000):

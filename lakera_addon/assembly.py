@@ -96,6 +96,9 @@ class StreamAssembler:
         self._terminated = False
         self._errored = False
         self._failure: str | None = None
+        self.chars = 0  # length of the text assembled so far, kept as it grows
+        # the payload of the last event that added text (ids and indices for a cut's ending)
+        self.last_text_event: dict[str, object] | None = None
 
     @property
     def text(self) -> str:
@@ -137,6 +140,7 @@ class StreamAssembler:
     def _add(self, key: _Key, text: object) -> None:
         if isinstance(text, str) and text:
             self._pieces.setdefault(key, []).append(text)
+            self.chars += len(text)
 
     def _event(self, event: SSEEvent) -> None:
         data = event.data
@@ -154,12 +158,15 @@ class StreamAssembler:
             self._failure = NOT_OBJECT
             return
         self._recognised = True
+        before = self.chars
         if self._protocol == "openai-chat":
             self._openai_chat(payload)
         elif self._protocol == "anthropic-messages":
             self._anthropic(payload, event.event)
         else:
             self._responses(payload, event.event)
+        if self.chars != before:
+            self.last_text_event = payload
 
     def _error(self) -> None:
         self._terminated = True

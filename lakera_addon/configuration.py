@@ -26,6 +26,7 @@ Direction = Literal["input", "output", "both"]
 Action = Literal["block", "alert"]
 DetectorAction = Literal["block", "alert", "mask"]
 InputScope = Literal["conversation", "latest"]
+StreamMode = Literal["held", "progressive"]
 FailMode = Literal["skip", "warn", "error"]
 
 DEFAULT_ENDPOINT = "https://api.lakera.ai/v2/guard"
@@ -58,6 +59,11 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     max_screen_bytes: int = 128_000  # Lakera's documented content limit per call (128 kB)
     input_scope: InputScope = "conversation"  # or "latest": system + what the turn adds
+    # streamed answers on a route that can block: held whole, or forwarded live and screened
+    # every `window_chars` characters (cut with the protocol's own ending on a flag)
+    stream_mode: StreamMode = "held"
+    window_chars: int = 1000
+    verdict_cache_seconds: int = 300  # identical Lakera calls within this reuse the verdict
     # (detector-type glob, block|alert|mask), in the file's order
     detector_actions: tuple[tuple[str, DetectorAction], ...] = ()
 
@@ -80,6 +86,12 @@ class Settings:
     def masks(self) -> bool:
         """Whether a flag can lead to masking (then Lakera is asked for its payload)."""
         return any(a == "mask" for _, a in self.detector_actions)
+
+    @property
+    def progressive(self) -> bool:
+        """Streamed answers stay live and are screened in windows: only where a flag can
+        block and cannot mask (text already sent cannot be masked; mask routes hold)."""
+        return self.stream_mode == "progressive" and not self.shadow and not self.masks
 
     def action_for(self, detector_type: str) -> DetectorAction:
         """The action of the first glob matching a detector type, else `action`."""
@@ -260,6 +272,9 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "max_body_bytes": parse_size,
     "max_screen_bytes": _screen_size,
     "input_scope": _choice("conversation", "latest"),
+    "stream_mode": _choice("held", "progressive"),
+    "window_chars": _int_range(100, 1_000_000, " characters"),
+    "verdict_cache_seconds": _int_range(0, 86_400, " seconds (0: no cache)"),
     "detector_actions": _detector_actions,
 }
 SETTING_KEYS = frozenset(_PARSERS) | {"api_key"}

@@ -283,3 +283,75 @@ def _responses_events(text: str, model: str) -> list[dict[str, Any]]:
         },
     ]
     return [{**event, "sequence_number": n} for n, event in enumerate(events)]
+
+
+# --- the ending of a progressive stream cut short --------------------------------------------
+
+CUT_SEPARATOR: Final = "\n\n"
+CUT_PROTOCOLS: Final = frozenset({"openai-chat", "anthropic-messages", "openai-responses"})
+
+
+def cut_ending(
+    protocol: Protocol,
+    text: str,
+    last_event: Mapping[str, Any] | None,
+    model: str | None,
+    *,
+    sent_text: str = "",
+) -> bytes:
+    """The events that end a live stream the addon cuts short (`stream_mode: progressive`):
+    the refusal `text` as one more delta of the text being streamed, then the protocol's own
+    ending with its "filtered" reason, so that the SDKs end the stream normally:
+    - openai-chat: a delta with `finish_reason: "content_filter"`, then `[DONE]`;
+    - anthropic-messages: a `text_delta`, `content_block_stop`, `message_delta` with
+      `stop_reason: "refusal"`, `message_stop`;
+    - openai-responses: `response.output_text.delta`, then `response.incomplete` (reason
+      `content_filter`) and `[DONE]`.
+    `last_event` is the payload of the last event that carried text (its ids and indices are
+    reused); `sent_text` is the text the client already has (the incomplete response's output).
+    """
+    last = last_event or {}
+    model_name = model or DEFAULT_MODEL
+    delta = CUT_SEPARATOR + text
+    if protocol == "openai-chat":
+        choices = last.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices else {}
+        index = first.get("index", 0) if isinstance(first, dict) else 0
+        chunk = {
+            "id": last.get("id") or _new_id("chatcmpl-"),
+            "object": "chat.completion.chunk",
+            "created": last.get("created") or int(time.time()),
+            "model": last.get("model") or model_name,
+            "choices": [{"index": index, "delta": {"content": delta}, "logprobs": None,
+                         "finish_reason": "content_filter"}],
+        }
+        return _sse_data([chunk, "[DONE]"])
+    if protocol == "anthropic-messages":
+        index = last.get("index", 0)
+        return _sse_named([
+            {"type": "content_block_delta", "index": index,
+             "delta": {"type": "text_delta", "text": delta}},
+            {"type": "content_block_stop", "index": index},
+            {"type": "message_delta", "delta": {"stop_reason": "refusal", "stop_sequence": None},
+             "usage": {"output_tokens": 0}},
+            {"type": "message_stop"},
+        ])
+    if protocol == "openai-responses":
+        item_id = str(last.get("item_id") or _new_id("msg_"))
+        at = {"item_id": item_id, "output_index": last.get("output_index", 0),
+              "content_index": last.get("content_index", 0)}
+        sequence = last.get("sequence_number")
+        sequence = sequence + 1 if isinstance(sequence, int) else 0
+        response = _responses_response(sent_text + delta, model_name, _new_id("resp_"), item_id)
+        response.update(status="incomplete", completed_at=None,
+                        incomplete_details={"reason": "content_filter"})
+        response["output"][0]["status"] = "incomplete"
+        # then `[DONE]`, which the Responses API itself does not send: the openai SDKs stop
+        # reading there; without it they read on until the upstream's discarded answer ends
+        return _sse_named([
+            {"type": "response.output_text.delta", **at, "delta": delta, "logprobs": [],
+             "sequence_number": sequence},
+            {"type": "response.incomplete", "response": response,
+             "sequence_number": sequence + 1},
+        ]) + _sse_data(["[DONE]"])
+    raise ValueError(f"{protocol} streams cannot be cut")

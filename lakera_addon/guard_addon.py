@@ -40,9 +40,12 @@ from lakera_addon.decision import Side
 from lakera_addon.decision import decide
 from lakera_addon.decision import decide_failure
 from lakera_addon.decision import deny_text
+from lakera_addon.deny import CUT_PROTOCOLS
 from lakera_addon.deny import build_deny
+from lakera_addon.deny import cut_ending
 from lakera_addon.lakera_client import LakeraClient
 from lakera_addon.lakera_client import Verdict
+from lakera_addon.progressive_stream import ProgressiveTap
 from lakera_addon.protocols import Protocol
 from lakera_addon.stats import Stats
 from lakera_addon.stream_tap import STREAM_CUT
@@ -61,6 +64,9 @@ class FlowState:
     streams: bool
     denied: bool = False
     tap: StreamTap | None = None
+    live: ProgressiveTap | None = None  # stream_mode: progressive
+    scan: asyncio.Task[None] | None = None  # the progressive window scan in flight
+    cut_by: tuple[Decision, Verdict | None] | None = None  # what cut a progressive stream
 
     @property
     def settings(self) -> Settings:
@@ -410,14 +416,35 @@ class LakeraGuard:
                 state.settings.max_body_bytes,
             )
             flow.response.stream = state.tap
+        elif self._can_stay_live(flow.response, state):  # progressive: live, cut on a flag
+            state.live = ProgressiveTap(
+                state.protocol,
+                state.settings.max_body_bytes,
+                state.settings.window_chars,
+                lambda: self._start_window_scan(flow, state),
+            )
+            flow.response.stream = state.live
         else:  # held: mitmproxy buffers the body until the response hook has decided
             flow.response.stream = False
+
+    @staticmethod
+    def _can_stay_live(response: http.Response, state: FlowState) -> bool:
+        """`stream_mode: progressive` applies to a stream the addon can end in its protocol's
+        own shape: an identity-encoded body (the ending is appended as plain text) of unknown
+        length (chunked or HTTP/2: the length changes); others are held."""
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        return (state.settings.progressive and state.protocol in CUT_PROTOCOLS
+                and encoding in ("", "identity") and "content-length" not in response.headers)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state = self._output_state(flow)
         if state is None or flow.response is None:
             return None
         self._flows.pop(flow, None)  # exactly one scan per response
+        if state.live is not None:
+            self._spawn(self._progressive_end(flow, state, state.live),
+                        "lakera progressive final scan")
+            return None
         if state.tap is not None:
             self._spawn(self._background_stream_scan(flow, state, state.tap),
                         "lakera pass-through scan")
@@ -432,10 +459,15 @@ class LakeraGuard:
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self._flows.pop(flow, None)
-        if state is None or state.tap is None or state.denied:
+        if state is None or (state.tap is None and state.live is None) or state.denied:
             return
         if flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE:
             return  # killed on purpose (by the user or another addon)
+        if state.live is not None:
+            self._spawn(self._progressive_end(flow, state, state.live),
+                        "lakera progressive final scan")
+            return
+        assert state.tap is not None
         self._spawn(self._background_stream_scan(flow, state, state.tap),
                     "lakera pass-through scan")
 
@@ -572,6 +604,88 @@ class LakeraGuard:
             parts = self._answer_parts(flow, state.route, result.text)
             await self._background_scan(flow, state.route, "response", parts)
             return
+        self._notify(flow)
+
+    # --- progressive streams -------------------------------------------------------------
+
+    def _start_window_scan(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Called by the progressive tap, from the stream function, when a window is due."""
+        state.scan = asyncio_utils.create_task(
+            self._window_scans(flow, state), name="lakera progressive window scan",
+            keep_ref=True)
+
+    async def _window_scans(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Screen the newest text until a window is clean and no next one is due, or until a
+        flag (or a failure with fail_open false) cuts the stream."""
+        live, settings = state.live, state.settings
+        assert live is not None
+        verdict: Verdict | None = None
+        try:
+            while True:
+                upto, text = live.requested_chars, live.text
+                parts = screen_budget.window_parts(text, live.clean_chars,
+                                                   settings.max_screen_bytes)
+                verdict = await self.lakera.screen_parts(
+                    settings, [[{"role": "assistant", "content": p}] for p in parts])
+                decision = decide(verdict, settings)
+                if decision.deny:
+                    break
+                if decision.outcome == "flagged":
+                    return  # flagged, but nothing blocks: no more windows; the final scan logs it
+                if not live.scanned(upto):
+                    return
+        except Exception as e:  # a bug must not let a stream run on unscreened
+            logger.error("lakera_addon internal error in a progressive scan [%s route=%s]: %s",
+                         reporting.flow_label(flow), state.route.name, type(e).__name__,
+                         exc_info=e)
+            verdict = None
+            decision = decide_failure(f"internal error ({type(e).__name__})", settings)
+            if not decision.deny:
+                return  # no more windows (the tap still thinks one is in flight)
+        state.cut_by = (decision, verdict)
+        live.cut(cut_ending(state.protocol, deny_text("response", verdict, settings),
+                            live.last_text_event, state.model, sent_text=live.text))
+
+    async def _progressive_end(
+        self, flow: http.HTTPFlow, state: FlowState, live: ProgressiveTap
+    ) -> None:
+        """After a progressive stream: record the cut, or screen the last window (its verdict
+        can only arrive after the end: logged and marked, nothing left to cut)."""
+        if state.scan is not None and not state.scan.done():
+            await asyncio.wait({state.scan})
+        route = state.route
+        if state.cut_by is not None and live.cutting:
+            decision, verdict = state.cut_by
+            reporting.cut(flow, route, "response",
+                          f"progressive stream cut: the client received {live.sent_chars} "
+                          f"characters; the last clean scan covered {live.clean_chars}, the "
+                          f"flagged one {live.requested_chars}")
+            self._record(flow, route, "response", decision, verdict)
+            self._notify(flow)
+            return
+        result = live.result()
+        text = result.text if result.complete else live.text
+        if not text:
+            reason = "no assistant text" if result.complete else (
+                f"stream ended early ({result.reason}) before any text")
+            self._record(flow, route, "response", Decision("unscanned", False, reason))
+            self._notify(flow)
+            return
+        if not result.complete:
+            reporting.cut(flow, route, "response",
+                          f"stream ended early ({result.reason}); screened the "
+                          f"{len(text)} characters received")
+        parts = screen_budget.window_parts(text, live.clean_chars,
+                                           route.settings.max_screen_bytes)
+        verdict = await self.lakera.screen_parts(
+            route.settings, [[{"role": "assistant", "content": p}] for p in parts])
+        decision = decide(verdict, route.settings)
+        if decision.deny:  # nothing left to cut: the client has the whole answer
+            reporting.cut(flow, route, "response",
+                          "progressive stream: the last window's verdict arrived after the "
+                          "end of the stream")
+            decision = Decision(decision.outcome, False, decision.reason)
+        self._record(flow, route, "response", decision, verdict)
         self._notify(flow)
 
     # --- shared --------------------------------------------------------------------------

@@ -25,6 +25,8 @@ import aiohttp
 
 from lakera_addon.configuration import Settings
 from lakera_addon.extract import Message
+from lakera_addon.verdict_cache import VerdictCache
+from lakera_addon.verdict_cache import cache_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,7 @@ class Verdict:
     latency_ms: float = 0.0
     # Lakera's `payload` (asked for only when masking is configured): the spans it found
     payload: tuple[dict[str, Any], ...] = field(default=(), repr=False)
+    cached: bool = False  # reused from an identical call (verdict_cache), Lakera not asked
 
 
 def merge(verdicts: Sequence[Verdict]) -> Verdict:
@@ -117,6 +120,7 @@ class LakeraClient:
 
     def __init__(self) -> None:
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
+        self.cache = VerdictCache()
 
     def _session(self, ssl_verify: bool) -> aiohttp.ClientSession:
         session = self._sessions.get(ssl_verify)
@@ -139,14 +143,21 @@ class LakeraClient:
             self._session(verify)
 
     async def screen(self, settings: Settings, messages: Sequence[Message]) -> Verdict:
-        headers = {"content-type": "application/json"}
-        if settings.api_key:
-            headers["authorization"] = f"Bearer {settings.api_key}"
         payload = build_payload(settings, messages)
         try:
             body = json.dumps(payload, ensure_ascii=False).encode()
         except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): send it escaped
             body = json.dumps(payload).encode()
+        if not settings.verdict_cache_seconds:
+            return await self._call(settings, body)
+        key = cache_key(settings.lakera_endpoint, settings.api_key, body)
+        return await self.cache.verdict(key, settings.verdict_cache_seconds,
+                                        lambda: self._call(settings, body))
+
+    async def _call(self, settings: Settings, body: bytes) -> Verdict:
+        headers = {"content-type": "application/json"}
+        if settings.api_key:
+            headers["authorization"] = f"Bearer {settings.api_key}"
         started = time.perf_counter()
 
         def elapsed() -> float:

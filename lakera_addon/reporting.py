@@ -74,6 +74,8 @@ def _side_record(
         record["detector_types"] = list(verdict.detector_types)
         record["request_uuid"] = verdict.request_uuid
         record["latency_ms"] = verdict.latency_ms
+        if verdict.cached:
+            record["cached"] = True  # an identical call's verdict, Lakera not asked again
     if decision.reason:
         record["failure"] = decision.reason
     return record
@@ -150,9 +152,10 @@ def _log(
         allowing = f"masking {side}: {counts}"
     if decision.outcome == "flagged" and verdict is not None:
         logger.warning(
-            "%s flagged by Lakera Guard %s: detector types %s; action=%s, %s; "
+            "%s flagged by Lakera Guard%s %s: detector types %s; action=%s, %s; "
             "request_uuid=%s; breakdown=%s",
             side,
+            " (cached verdict)" if verdict.cached else "",
             where,
             ", ".join(verdict.detector_types) or "(none reported)",
             strictest_action(verdict, route.settings),
@@ -174,5 +177,8 @@ def _log(
     elif decision.outcome == "unscanned":
         logger.info("%s not screened %s: %s", side, where, decision.reason)
     else:
+        if verdict is not None and verdict.cached:
+            logger.info("%s clean %s (cached verdict of an identical call)", side, where)
+            return
         latency = verdict.latency_ms if verdict else 0.0
         logger.info("%s clean %s (Lakera %.0f ms)", side, where, latency)

@@ -45,12 +45,15 @@ class Stats:
         self.unscanned: Counter[Side] = Counter()
         self.failures: Counter[str] = Counter()
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.cached = 0  # verdicts reused from an identical call (verdict_cache_seconds)
 
     def observe(self, side: Side, decision: Decision, verdict: Verdict | None) -> None:
         if decision.outcome == "unscanned":
             self.unscanned[side] += 1
             return
         self.screened[side] += 1
+        if verdict is not None and verdict.cached:
+            self.cached += 1
         if decision.outcome == "flagged":
             self.flagged[side] += 1
         if decision.outcome == "failure":
@@ -76,4 +79,5 @@ class Stats:
         failures = ", ".join(f"{kind} {n}" for kind, n in self.failures.most_common()) or "none"
         return (f"lakera stats: screened {sides(self.screened)}; flagged {sides(self.flagged)}; "
                 f"blocked {sides(self.blocked)}; not screened {sides(self.unscanned)}; "
-                f"failures: {failures}; Lakera latency {latency}")
+                f"failures: {failures}; Lakera latency {latency}; "
+                f"cached verdicts {self.cached}")

@@ -102,6 +102,12 @@ def test_sizes(value, expected) -> None:
 BAD_DOCUMENTS = [
     ({"bogus": 1}, ["f.yaml", "bogus", "unknown key; allowed:", "api_key"]),
     ({"direction": "sideways"}, ["f.yaml", "direction", "input or output or both"]),
+    ({"input_scope": "all"}, ["input_scope", "conversation or latest"]),
+    ({"stream_mode": "live"}, ["stream_mode", "held or progressive"]),
+    ({"window_chars": 99}, ["window_chars", "from 100 to 1000000 characters"]),
+    ({"window_chars": "1000"}, ["window_chars", "an integer"]),
+    ({"verdict_cache_seconds": -1}, ["verdict_cache_seconds", "from 0 to 86400"]),
+    ({"verdict_cache_seconds": True}, ["verdict_cache_seconds", "an integer"]),
     ({"action": "deny"}, ["action", "block or alert"]),
     ({"fail_open": "yes"}, ["fail_open", "true or false"]),
     ({"ssl_verify": 1}, ["ssl_verify", "true or false"]),
@@ -217,3 +223,19 @@ def test_detector_actions_top_level_and_per_route() -> None:
     assert a.settings.action_for("pii/email") == "mask"
     assert a.settings.action_for("unknown_links") == "block"  # `action`
     assert b.settings.action_for("pii/email") == "alert"
+
+
+@pytest.mark.parametrize(
+    ("document", "progressive"),
+    [
+        ({"stream_mode": "progressive"}, True),
+        ({}, False),
+        # shadow mode passes streams through anyway; masks need the whole answer
+        ({"stream_mode": "progressive", "action": "alert", "fail_open": True}, False),
+        ({"stream_mode": "progressive", "detector_actions": {"pii/*": "mask"}}, False),
+        ({"stream_mode": "progressive", "detector_actions": {"pii/*": "alert"}}, True),
+    ],
+)
+def test_which_routes_stream_progressively(document, progressive) -> None:
+    config = parse_config({**document, "routes": [{"name": "r", "hosts": ["h"]}]}, "f", ENV)
+    assert config.routes[0].settings.progressive is progressive

@@ -50,6 +50,10 @@ ROUTES = [
     route("mask-open", detector_actions=MASK_RULES, fail_open=True),
     route("mask-budget", detector_actions=MASK_RULES, max_screen_bytes=4096),
     route("latest", input_scope="latest"),
+    route("progressive", stream_mode="progressive", window_chars=200),
+    route("progressive-open", stream_mode="progressive", window_chars=200, fail_open=True),
+    route("progressive-mask", stream_mode="progressive", window_chars=200,
+          detector_actions=MASK_RULES),
 ]
 
 

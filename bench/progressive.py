@@ -1,0 +1,135 @@
+"""`stream_mode: progressive` in figures: what a flagged stream leaks, and time to first token.
+
+- Leak: a streamed answer with a flagged phrase in the middle, at a given pace (the stand-in's
+  delay between word-sized events) and Lakera delay; what reached the client of the text from
+  the flagged phrase's first character on, before the protocol's ending (the client stops
+  reading at the ending, as the SDKs do).
+- First token: a clean paced stream at c=1 through plain mitmdump (streaming), pass-through,
+  progressive and held; time to first body byte and to the last.
+Run by `python -m bench` (axis `progressive`); figures in docs/progressive-streams.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.run import Standins
+from bench.run import log
+from bench.run import proxy
+from bench.run import standins
+from bench.run import table
+from lakera_addon.assembly import assemble
+from lakera_addon.protocols import Protocol
+from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
+
+DENY = "Response blocked by Lakera Guard"
+PROTOCOLS: dict[str, tuple[str, Protocol]] = {  # name: (path, protocol)
+    "openai-chat": ("/v1/chat/completions", "openai-chat"),
+    "openai-responses": ("/v1/responses", "openai-responses"),
+    "anthropic": ("/v1/messages", "anthropic-messages"),
+}
+ENDINGS = (b"[DONE]", b"response.incomplete", b"message_stop")
+
+
+def words(n: int, tag: str) -> str:
+    return "".join(f"{tag}{i:03d} " for i in range(n))  # 7-8 characters per word
+
+
+def body(name: str) -> bytes:
+    document: dict[str, Any] = {"model": "m", "stream": True, "max_tokens": 50}
+    if name == "openai-responses":
+        document["input"] = "hello"
+    else:
+        document["messages"] = [{"role": "user", "content": "hello"}]
+    return json.dumps(document).encode()
+
+
+def stream_once(port: int, name: str, reply: str, pace_ms: int,
+                stop_at_ending: bool) -> tuple[bytes, float, float]:
+    """(bytes received, time to first byte, time to last) of one streamed answer."""
+    path, _ = PROTOCOLS[name]
+    headers = {"content-type": "application/json", "x-standin-mode": f"delay-ms={pace_ms}",
+               "x-standin-reply-b64": base64.b64encode(reply.encode()).decode()}
+    received = bytearray()
+    started = time.perf_counter()
+    first = 0.0
+    with httpx.Client(trust_env=False, timeout=120) as client, client.stream(
+            "POST", f"http://127.0.0.1:{port}{path}", content=body(name),
+            headers=headers) as response:
+        for chunk in response.iter_raw():
+            if not first:
+                first = time.perf_counter() - started
+            received += chunk
+            if stop_at_ending and DENY.encode() in received and any(
+                    e in received[received.rfind(DENY.encode()):] for e in ENDINGS):
+                break  # the client has the ending: like the SDKs, stop reading
+    return bytes(received), first * 1000, (time.perf_counter() - started) * 1000
+
+
+def leak_rows(ports: Standins, workdir: Path, paces: tuple[int, ...],
+              repeats: int) -> list[list[str]]:
+    rows = []
+    with proxy("progressive", ports, workdir) as (_, port):
+        for name, (_, protocol) in PROTOCOLS.items():
+            for pace in paces:
+                leaks: list[int] = []
+                for k in range(repeats):
+                    before = words(120 + 37 * k, "a")  # the flag lands at varied window offsets
+                    reply = before + ATTACK_TRIGGER + " " + words(250, "b")
+                    data, _, _ = stream_once(port, name, reply, pace, stop_at_ending=True)
+                    text = assemble(protocol, data).text
+                    if not text.endswith(DENY):
+                        raise RuntimeError(f"{name}: the flagged stream was not cut")
+                    shown = text[: -len(DENY)].rstrip("\n")
+                    leaks.append(max(0, len(shown) - len(before)))
+                rate = 8 / pace * 1000  # characters per second the stand-in streams
+                rows.append([name, f"{ports.delay_ms:g} ms", f"{pace} ms (~{rate:.0f} ch/s)",
+                             f"{statistics.median(leaks):.0f}", f"{max(leaks)}",
+                             f"{max(leaks) / 8:.0f}", f"{len(leaks)}"])
+                log(f"progressive leak {name} Lakera {ports.delay_ms:g} ms pace {pace} ms: "
+                    f"median {statistics.median(leaks):.0f}, max {max(leaks)} characters")
+    return rows
+
+
+def first_token_rows(ports: Standins, workdir: Path, repeats: int) -> list[list[str]]:
+    reply = words(100, "w")  # 100 events, 20 ms apart: ~2 s of streaming
+    rows = []
+    for variant in ("plain-stream", "pass-through", "progressive", "held"):
+        with proxy(variant, ports, workdir) as (_, port):
+            firsts, lasts = [], []
+            for _ in range(repeats):
+                _, first, last = stream_once(port, "openai-chat", reply, 20, False)
+                firsts.append(first)
+                lasts.append(last)
+        rows.append([variant, f"{statistics.median(firsts):.0f}",
+                     f"{statistics.median(lasts):.0f}"])
+        log(f"first token {variant}: {statistics.median(firsts):.0f} ms")
+    return rows
+
+
+def sections(workdir: Path, quick: bool) -> list[tuple[str, str]]:
+    paces = (5,) if quick else (5, 20)
+    repeats = 2 if quick else 4
+    leak: list[list[str]] = []
+    ttfb: list[list[str]] = []
+    for delay in (20.0, 300.0):
+        with standins(delay) as ports:
+            leak += leak_rows(ports, workdir, paces, repeats)
+            if delay == 300.0:
+                ttfb = first_token_rows(ports, workdir, 3)
+    return [
+        ("Progressive streams: text leaked per flagged stream (window_chars 1000; characters "
+         "from the flagged phrase's first one on that reached the client before the ending)",
+         table(["protocol", "Lakera delay", "pace (8-character words)", "median",
+                "max", "max ~words", "streams"], leak)),
+        ("Progressive streams: time to first byte / last byte, ms (openai-chat, 100 events "
+         "20 ms apart, Lakera 300 ms, c=1, median of 3)",
+         table(["scenario", "first byte", "last byte"], ttfb)),
+    ]

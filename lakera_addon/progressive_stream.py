@@ -1,0 +1,181 @@
+"""The stream function of a progressive stream (`stream_mode: progressive`).
+
+The answer stays live: every complete SSE event is forwarded as soon as it arrives, and the text
+assembled from them is screened in the background each time it has grown by `window_chars`,
+with at most one scan in flight, always on the newest text. When a scan flags, the addon calls
+`cut()`: from the next chunk on, nothing more of the upstream's answer is forwarded; the client
+gets the protocol's own ending instead (deny.cut_ending) and then nothing.
+
+mitmproxy calls the stream function synchronously on its event loop for each chunk and once
+with b"" at the end (mitmproxy-addon-notes 1.1-1.3), and nothing calls it in between: a cut
+takes effect when the next chunk arrives (or at the end). What the client can receive of a
+flagged text is therefore bounded by what streams between the end of the last clean window and
+the moment the flag arrives: at most `window_chars` of text not yet in a scan, plus the text
+that streams during one Lakera round trip (docs/progressive-streams.md has the measured figures).
+
+Only whole events are forwarded, so that the ending never lands inside an event: the bytes after
+the last event boundary of a chunk wait for the next chunk. Held back data is returned as `[]`,
+never as b"" (b"" is the chunked terminator to an HTTP/1.1 client). Never raises: an error makes
+the tap forward everything unchanged from then on (a failure, decided by `fail_open` at the end).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Final
+
+from lakera_addon.assembly import StreamAssembler
+from lakera_addon.assembly import StreamResult
+from lakera_addon.protocols import Protocol
+from lakera_addon.stream_tap import STREAM_CUT
+
+# the end of an SSE event: a line ending followed by an empty line (LF, CRLF or CR endings)
+_EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r|\n\r\n|\r\n\n")
+_Out = bytes | list[bytes]
+
+
+def last_event_end(data: bytes | bytearray) -> int:
+    """The offset just after the last complete event in `data`; 0 if none is complete."""
+    end = 0
+    for match in _EVENT_END.finditer(data):
+        end = match.end()
+    return end
+
+
+class ProgressiveTap:
+    """Forwards whole events at once, asks for a scan every `window_chars`, cuts on request.
+
+    `on_window` is called (synchronously, from the stream function) when a window is due and no
+    scan is in flight; the addon starts the scan as a task, which reports back with `scanned()`
+    (clean: the next window may start) or `cut()` (flagged: end the stream)."""
+
+    def __init__(
+        self,
+        protocol: Protocol,
+        max_bytes: int,
+        window_chars: int,
+        on_window: Callable[[], None],
+    ) -> None:
+        self._assembler = StreamAssembler(protocol)
+        self._max_bytes = max_bytes
+        self._window = window_chars
+        self._on_window = on_window
+        self._seen = 0
+        self._pending = bytearray()  # after the last complete event: waits for the next chunk
+        self._ending: bytes | None = None
+        self._failure: str | None = None
+        self.ended = False
+        self.cut_sent = False  # the ending went out; nothing more is forwarded
+        self.in_flight = False
+        self.requested_chars = 0  # text length when the newest scan was asked for
+        self.clean_chars = 0  # text length covered by the last clean verdict
+        self.sent_chars = 0  # text length the client had when the ending went out
+
+    # --- the stream function -----------------------------------------------------------------
+
+    def __call__(self, data: bytes) -> _Out:
+        try:
+            return self._chunk(data)
+        except Exception as e:  # a stream function must never raise
+            self._failure = f"cannot read the stream: {type(e).__name__}"
+            rest, self._pending = bytes(self._pending) + data, bytearray()
+            return rest if rest or not data else []
+
+    def _chunk(self, data: bytes) -> _Out:
+        if not data:
+            self.ended = True
+            return self._end()
+        if self.cut_sent:
+            return []  # the client's stream has ended: drop the rest of the upstream's
+        if self._ending is not None:
+            return self._send_ending()
+        if self._failure is not None:
+            return data
+        self._seen += len(data)
+        if self._seen > self._max_bytes:
+            self._failure = f"stream larger than max_body_bytes ({self._max_bytes} bytes)"
+            rest, self._pending = bytes(self._pending) + data, bytearray()
+            return rest
+        self._pending += data
+        end = last_event_end(self._pending)
+        if not end:
+            return []
+        out = bytes(self._pending[:end])
+        del self._pending[:end]
+        self._assembler.feed(out)
+        if self.window_due():
+            self._request_window()
+        return out
+
+    def _end(self) -> bytes:
+        if self.cut_sent:
+            return b""
+        if self._ending is not None:
+            ending = self._send_ending()
+            return ending if isinstance(ending, bytes) else b""
+        rest, self._pending = bytes(self._pending), bytearray()
+        if rest and self._failure is None:
+            self._assembler.feed(rest)
+        return rest  # b"" (nothing held) is the final call's "nothing"
+
+    def _send_ending(self) -> _Out:
+        assert self._ending is not None
+        self.cut_sent = True
+        self.sent_chars = self._assembler.chars
+        self._pending = bytearray()
+        return self._ending
+
+    # --- windows and verdicts ----------------------------------------------------------------
+
+    def window_due(self) -> bool:
+        return (not self.in_flight and self._ending is None and self._failure is None
+                and self._assembler.chars - self.requested_chars >= self._window)
+
+    def _request_window(self) -> None:
+        self.in_flight = True
+        self.requested_chars = self._assembler.chars
+        self._on_window()
+
+    def scanned(self, chars: int) -> bool:
+        """A clean verdict for the text up to `chars`; True if the next window is already due
+        (the caller then scans again at once, on the newest text)."""
+        self.clean_chars = max(self.clean_chars, chars)
+        self.in_flight = False
+        if self.window_due() and not self.ended:
+            self.in_flight = True
+            self.requested_chars = self._assembler.chars
+            return True
+        return False
+
+    def cut(self, ending: bytes) -> None:
+        """A flag: the next call of the stream function sends `ending` instead of the chunk."""
+        self.in_flight = False
+        if not self.cut_sent and not self.ended:
+            self._ending = ending
+
+    @property
+    def cutting(self) -> bool:
+        """A cut was asked for (sent already, or waiting for the next chunk)."""
+        return self._ending is not None
+
+    # --- what was read -------------------------------------------------------------------------
+
+    @property
+    def chars(self) -> int:
+        return self._assembler.chars
+
+    @property
+    def text(self) -> str:
+        return self._assembler.text if self._failure is None else ""
+
+    @property
+    def last_text_event(self) -> dict[str, object] | None:
+        return self._assembler.last_text_event
+
+    def result(self) -> StreamResult:
+        if self._failure is not None:
+            return StreamResult(text="", complete=False, reason=self._failure)
+        if not self.ended:
+            return StreamResult(text="", complete=False, reason=STREAM_CUT)
+        return self._assembler.finish()

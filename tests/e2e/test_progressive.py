@@ -1,0 +1,191 @@
+"""`stream_mode: progressive` end to end: the answer streams live through a real mitmdump and
+is screened every `window_chars` (200 on these routes); a flag ends the stream in the protocol's
+own shape, which the official SDKs parse as an ordinary end of stream."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+import pytest
+
+from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
+from lakera_addon.standins.lakera_guard import PII_TRIGGER
+from tests.e2e.clients import Client
+from tests.e2e.clients import Clients
+from tests.e2e.clients import lakera_bodies
+from tests.harness import Proxy
+
+DENY = "Response blocked by Lakera Guard"
+PROTOCOLS = ["chat", "responses", "anthropic"]
+TAIL = "TAIL-MARKER-END"
+
+
+@dataclass
+class Streamed:
+    text: str = ""
+    ending: str | None = None  # finish reason / stop reason / final event type
+    first_text_at: float | None = None
+    ended_at: float = 0.0
+    events: list[str] = field(default_factory=list)
+
+
+def stream(c: Client, protocol: str, reply: str, mode: str = "delay-ms=5") -> Streamed:
+    """Stream an answer through the SDK; what the caller got, and when."""
+    headers = {"x-standin-mode": mode,
+               "x-standin-reply-b64": base64.b64encode(reply.encode()).decode()}
+    got = Streamed()
+    started = time.perf_counter()
+
+    def add(text: str | None) -> None:
+        if text:
+            if got.first_text_at is None:
+                got.first_text_at = time.perf_counter() - started
+            got.text += text
+
+    prompt = [{"role": "user", "content": f"hello {c.id}"}]
+    if protocol == "chat":
+        for chunk in c.openai.chat.completions.create(
+                model="gpt-test", messages=prompt, stream=True, extra_headers=headers):
+            for choice in chunk.choices:
+                add(choice.delta.content)
+                got.ending = choice.finish_reason or got.ending
+    elif protocol == "responses":
+        for event in c.openai.responses.create(
+                model="gpt-test", input=f"hello {c.id}", stream=True, extra_headers=headers):
+            got.events.append(event.type)
+            if event.type == "response.output_text.delta":
+                add(event.delta)
+            elif event.type == "response.incomplete":
+                details = event.response.incomplete_details
+                got.ending = f"incomplete:{details.reason if details else None}"
+            elif event.type == "response.completed":
+                got.ending = "completed"
+    else:
+        with c.anthropic.messages.stream(model="claude-test", max_tokens=50, messages=prompt,
+                                         extra_headers=headers) as events:
+            for text in events.text_stream:
+                add(text)
+            got.ending = events.get_final_message().stop_reason
+    got.ended_at = time.perf_counter() - started
+    return got
+
+
+CUT_ENDING = {"chat": "content_filter", "responses": "incomplete:content_filter",
+              "anthropic": "refusal"}
+NORMAL_ENDING = {"chat": "stop", "responses": "completed", "anthropic": "end_turn"}
+
+
+def words(n: int, tag: str) -> str:
+    return "".join(f"{tag}{i} " for i in range(n))
+
+
+def response_record(proxy: Proxy, test_id: str) -> dict[str, Any]:
+    record = proxy.wait_for_record(test_id, lambda r: ((r["lakera"] or {}).get("response") or {})
+                                   .get("verdict") not in (None, "pending"))
+    return record
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_clean_answer_streams_whole_and_is_screened_in_windows(
+    clients: Clients, proxy: Proxy, lakera: Any, protocol: str
+) -> None:
+    c = clients.make("progressive")
+    reply = f"{c.id} " + words(150, "clean") + TAIL  # ~1,300 characters
+    got = stream(c, protocol, reply)
+    assert got.text == reply
+    assert got.ending == NORMAL_ENDING[protocol]
+    record = response_record(proxy, c.id)
+    assert record["lakera"]["response"]["verdict"] == "clean"
+    assert record["marked"] in ("", None)
+    scans = [b for b in lakera_bodies(lakera, c.id) if b["messages"][0]["role"] == "assistant"]
+    # windows of 200 characters, one in flight at a time, and the final scan of the whole
+    assert 2 <= len(scans) <= len(reply) // 200 + 2
+    assert scans[-1]["messages"][0]["content"] == reply
+
+
+@pytest.mark.parametrize("trigger", [ATTACK_TRIGGER, PII_TRIGGER])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_flag_mid_stream_ends_it_in_the_protocols_shape(
+    clients: Clients, proxy: Proxy, protocol: str, trigger: str
+) -> None:
+    c = clients.make("progressive")
+    reply = f"{c.id} " + words(60, "before") + trigger + " " + words(400, "after") + TAIL
+    got = stream(c, protocol, reply)
+    assert got.ending == CUT_ENDING[protocol]
+    assert got.text.endswith("\n\n" + DENY)
+    assert TAIL not in got.text
+    assert got.text.startswith(f"{c.id} before0 ")
+    leaked = got.text[: -len(DENY) - 2]
+    assert reply.startswith(leaked), "the client got the upstream's text, in order, then the deny"
+    assert len(leaked) < len(reply) / 2
+    if protocol != "anthropic":  # the openai SDKs stop reading at [DONE]: the call returns
+        # then, not when the upstream's discarded ~2 s of answer ends (anthropic's reads on)
+        assert got.ended_at < 1.5
+    record = response_record(proxy, c.id)
+    response = record["lakera"]["response"]
+    assert response["verdict"] == "flagged" and response["action"] == "blocked"
+    assert "progressive stream cut" in response["cut"]
+    assert record["marked"] == ":no_entry:"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_first_token_arrives_long_before_the_end(
+    clients: Clients, protocol: str
+) -> None:
+    c = clients.make("progressive")
+    reply = f"{c.id} " + words(80, "w")
+    got = stream(c, protocol, reply, mode="delay-ms=20")  # ~1.6 s of streaming
+    assert got.text == reply
+    assert got.first_text_at is not None and got.first_text_at < got.ended_at / 3
+
+
+@pytest.mark.parametrize(("route", "cut"), [("progressive", True), ("progressive-open", False)])
+def test_lakera_failure_mid_stream_follows_fail_open(
+    clients: Clients, proxy: Proxy, route: str, cut: bool
+) -> None:
+    c = clients.make(route)
+    reply = f"{c.id} " + words(40, "a") + "lakera-500 " + words(200, "b") + TAIL
+    got = stream(c, "chat", reply)
+    record = response_record(proxy, c.id)
+    assert record["lakera"]["response"]["verdict"] == "failure"
+    if cut:
+        assert got.ending == "content_filter" and TAIL not in got.text
+        assert record["lakera"]["response"]["action"] == "blocked"
+    else:
+        assert got.text == reply and got.ending == "stop"
+        assert record["lakera"]["response"]["action"] == "allowed"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_flag_in_the_last_window_is_recorded_after_the_end(
+    clients: Clients, proxy: Proxy, protocol: str
+) -> None:
+    c = clients.make("progressive")
+    reply = f"{c.id} tiny answer {ATTACK_TRIGGER}"  # shorter than one window
+    got = stream(c, protocol, reply)
+    assert got.text == reply, "nothing could be cut: the stream ended before a window"
+    record = response_record(proxy, c.id)
+    response = record["lakera"]["response"]
+    assert response["verdict"] == "flagged" and response["action"] == "allowed"
+    assert "after the end of the stream" in response["cut"]
+    assert record["marked"] == ":warning:"
+
+
+def test_mask_route_holds_streams_instead(clients: Clients, lakera: Any) -> None:
+    c = clients.make("progressive-mask")
+    reply = f"{c.id} " + words(60, "w") + " mail me at someone@example.com " + words(60, "x")
+    got = stream(c, "chat", reply)
+    assert "someone@example.com" not in got.text and "[" in got.text
+    assert got.first_text_at is not None and got.first_text_at > 0.8 * got.ended_at
+
+
+def test_json_answers_are_held_and_blocked_as_before(clients: Clients) -> None:
+    c = clients.make("progressive")
+    answer = c.openai.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": f"hello {c.id}"}],
+        extra_headers={"x-standin-reply": f"{c.id} {ATTACK_TRIGGER}"})
+    assert answer.choices[0].message.content == DENY

@@ -1,0 +1,131 @@
+"""The progressive stream function, without a proxy: what it forwards, when it asks for a
+window scan, and what the client receives once it is cut."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lakera_addon.assembly import assemble
+from lakera_addon.deny import cut_ending
+from lakera_addon.progressive_stream import ProgressiveTap
+from lakera_addon.progressive_stream import last_event_end
+from lakera_addon.standins import llm_upstream
+
+
+def chat_stream(pieces: list[str]) -> bytes:
+    events = [{"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+               "model": "m", "choices": [{"index": 0, "delta": {"content": p},
+                                          "finish_reason": None}]} for p in pieces]
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + \
+        b"data: [DONE]\n\n"
+
+
+def feed(tap: ProgressiveTap, chunks: list[bytes]) -> bytes:
+    out = b""
+    for chunk in [*chunks, b""]:
+        result = tap(chunk)
+        assert result != b"" or chunk == b"", "b'' mid-stream would end an HTTP/1.1 body"
+        out += result if isinstance(result, bytes) else b"".join(result)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("data", "end"),
+    [
+        (b"data: a\n\n", 9),
+        (b"data: a\n\ndata: b", 9),
+        (b"data: a\r\n\r\ndata: b\r\n", 11),
+        (b"data: a\r\rdata: b\r\r", 18),
+        (b"data: a\n", 0),
+        (b"", 0),
+        (b"data: a\r\n\n", 10),
+    ],
+)
+def test_last_event_end(data: bytes, end: int) -> None:
+    assert last_event_end(data) == end
+
+
+@given(st.lists(st.integers(min_value=1, max_value=40), max_size=30))
+def test_any_chunking_forwards_the_same_bytes_in_whole_events(cuts: list[int]) -> None:
+    body = chat_stream([f"word{i} " for i in range(20)])
+    chunks, at = [], 0
+    for size in cuts:
+        if at < len(body):
+            chunks.append(body[at : at + size])
+            at += size
+    chunks.append(body[at:])
+    tap = ProgressiveTap("openai-chat", 1 << 20, 10_000, lambda: None)
+    forwarded: list[bytes] = []
+    for chunk in [c for c in chunks if c]:
+        result = tap(chunk)
+        piece = result if isinstance(result, bytes) else b"".join(result)
+        assert piece == b"" or last_event_end(piece) == len(piece)  # whole events only
+        forwarded.append(piece)
+    end = tap(b"")
+    forwarded.append(end if isinstance(end, bytes) else b"".join(end))
+    assert b"".join(forwarded) == body
+    assert tap.result().complete and tap.text == assemble("openai-chat", body).text
+
+
+def test_windows_are_asked_for_one_at_a_time_on_the_newest_text() -> None:
+    asked: list[int] = []
+    tap = ProgressiveTap("openai-chat", 1 << 20, 10, lambda: asked.append(tap.chars))
+    body = chat_stream(["abcdef"] * 10)
+    events = body.split(b"\n\n")
+    for event in events[:4]:  # 24 characters: one window asked for at 12
+        tap(event + b"\n\n")
+    assert asked == [12] and tap.in_flight
+    assert tap.scanned(12) is True  # 24 - 12 >= 10: the next window is due at once
+    assert tap.requested_chars == 24 and tap.clean_chars == 12
+    assert tap.scanned(24) is False and not tap.in_flight
+    tap(events[4] + b"\n\n")  # 30: not yet 10 more
+    assert asked == [12]
+    tap(events[5] + b"\n\n")  # 36
+    assert asked == [12, 36]
+
+
+@pytest.mark.parametrize("protocol", ["openai-chat", "anthropic-messages", "openai-responses"])
+def test_after_a_cut_the_client_gets_the_ending_then_nothing(protocol) -> None:
+    text, mode = "one two three four", llm_upstream.Mode()
+    body = b"".join({
+        "openai-chat": lambda: llm_upstream.chat_stream("m", text, mode, False),
+        "anthropic-messages": lambda: llm_upstream.anthropic_stream("m", text, mode),
+        "openai-responses": lambda: llm_upstream.responses_stream("m", text, mode),
+    }[protocol]())
+    events = [e + b"\n\n" for e in body.split(b"\n\n") if e]
+    tap = ProgressiveTap(protocol, 1 << 20, 1, lambda: None)
+    out = b""
+    for event in events:
+        result = tap(event)
+        out += result if isinstance(result, bytes) else b"".join(result)
+        if tap.chars >= 8 and not tap.cutting:
+            tap.cut(cut_ending(protocol, "Blocked.", tap.last_text_event, "m",
+                               sent_text=tap.text))
+    result = tap(b"")
+    assert result == b""
+    received = assemble(protocol, out)
+    assert received.complete, received.reason
+    assert received.text.endswith("\n\nBlocked.")
+    assert "four" not in received.text
+    assert tap.sent_chars < len("one two three four")
+
+
+def test_a_cut_asked_for_after_the_last_chunk_goes_out_at_the_end() -> None:
+    tap = ProgressiveTap("openai-chat", 1 << 20, 1, lambda: None)
+    tap(b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": "hi"}}]}).encode()
+        + b"\n\ndata: {\"half-sent")  # an event cut in two: its start waits
+    tap.cut(cut_ending("openai-chat", "Blocked.", tap.last_text_event, None))
+    out = tap(b"")
+    assert isinstance(out, bytes) and out.endswith(b"data: [DONE]\n\n")
+    assert b"half-sent" not in out
+
+
+def test_too_large_a_stream_is_forwarded_unread() -> None:
+    tap = ProgressiveTap("openai-chat", 50, 1, lambda: None)
+    body = chat_stream(["x" * 40, "y" * 40])
+    assert feed(tap, [body[:30], body[30:]]) == body
+    assert not tap.result().complete and "max_body_bytes" in (tap.result().reason or "")
