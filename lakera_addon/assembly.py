@@ -8,7 +8,15 @@ Streamed text is assembled from the deltas themselves, never from usage events o
 - openai-responses: `response.output_text.delta` (and `response.refusal.delta`), per
   `output_index`/`content_index`; terminal `response.completed`, `response.failed` or
   `response.incomplete`.
-Texts of several choices / blocks / parts are joined with a blank line, in index order.
+- gemini-generate (SSE, `?alt=sse`): each event is a GenerateContentResponse chunk;
+  `candidates[].content.parts[].text` (not `thought` parts), per candidate `index`. There is no
+  terminal event: the stream is complete once every candidate seen has carried a
+  `finishReason` (or the prompt was blocked: `promptFeedback.blockReason`).
+- ollama-chat / ollama-generate (NDJSON, one JSON object per line): `message.content` /
+  `response`; terminal: a line with `"done": true`. An unterminated last line counts only if
+  it is a whole JSON document (otherwise it is a line cut short).
+Texts of several choices / blocks / parts / candidates are joined with a blank line, in index
+order.
 
 An upstream error event ends the stream: it is complete (the error is passed through to the
 client verbatim) and the text that came before it is still screened. A stream that cannot be
@@ -24,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from lakera_addon import protocols
+from lakera_addon.ndjson import NDJSONSplitter
 from lakera_addon.protocols import Protocol
 from lakera_addon.sse_parser import SSEEvent
 from lakera_addon.sse_parser import SSEParser
@@ -85,12 +95,49 @@ def _join(pieces: dict[_Key, list[str]]) -> str:
     return SEPARATOR.join(text for text in texts if text)
 
 
+def _gemini_texts(parts: object) -> list[str]:
+    """Texts of a Gemini `Content`'s parts, without the model's thoughts (`thought: true`)."""
+    if not isinstance(parts, list):
+        return []
+    return [part["text"] for part in parts if isinstance(part, dict)
+            and isinstance(part.get("text"), str) and part.get("thought") is not True]
+
+
+def _gemini_chunk(pieces: dict[_Key, list[str]], chunk: object) -> tuple[set[int], set[int]]:
+    """Add a GenerateContentResponse's texts to `pieces`, per candidate; (indices of the
+    candidates it carries, indices of those with a finishReason)."""
+    seen: set[int] = set()
+    finished: set[int] = set()
+    candidates = chunk.get("candidates") if isinstance(chunk, dict) else None
+    for candidate in candidates if isinstance(candidates, list) else []:
+        if not isinstance(candidate, dict):
+            continue
+        index = _index(candidate.get("index"))  # omitted when 0 (proto3 JSON)
+        seen.add(index)
+        content = candidate.get("content")
+        if isinstance(content, dict):
+            texts = _gemini_texts(content.get("parts"))
+            if texts:
+                pieces.setdefault((index, 0), []).extend(texts)
+        reason = candidate.get("finishReason")
+        if isinstance(reason, str) and reason:
+            finished.add(index)
+    return seen, finished
+
+
 class StreamAssembler:
-    """Feed the decoded bytes of an SSE answer in chunks; `finish()` gives its text."""
+    """Feed the decoded bytes of a streamed answer (SSE, or NDJSON for Ollama's native API) in
+    chunks; `finish()` gives its text."""
 
     def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
         self._parser = SSEParser()
+        self._lines = NDJSONSplitter() if protocol in protocols.NDJSON else None
+        # gemini-generate: candidates seen without a finishReason yet, and whether the stream
+        # reached an end (a candidate finished, or the prompt was blocked)
+        self._gemini_open: set[int] = set()
+        self._gemini_finished: set[int] = set()
+        self._gemini_ended = False
         self._pieces: dict[_Key, list[str]] = {}
         self._recognised = False
         self._terminated = False
@@ -107,8 +154,9 @@ class StreamAssembler:
 
     @property
     def terminated(self) -> bool:
-        """The protocol's terminal event (or an error event) was seen."""
-        return self._terminated
+        """The protocol's terminal event (or an error event) was seen; for Gemini, which has
+        none, every candidate seen has finished."""
+        return self._terminated or (self._gemini_ended and not self._gemini_open)
 
     @property
     def errored(self) -> bool:
@@ -118,6 +166,14 @@ class StreamAssembler:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Parse one chunk of the (already content-decoded) body."""
         if self._protocol == "openai-embeddings":
+            return
+        if self._lines is not None:
+            for line in self._lines.feed(data):
+                if self._terminated or self._failure is not None:
+                    continue  # after the end, or once the stream cannot be assembled
+                payload = self._payload(line)
+                if payload is not None:
+                    self._handle(payload, "")
             return
         for event in self._parser.feed(data):
             if self._terminated or self._failure is not None:
@@ -129,11 +185,14 @@ class StreamAssembler:
         if self._protocol == "openai-embeddings":
             return StreamResult(text="", complete=False, reason=EMBEDDINGS)
         self._parser.finish()
+        if self._lines is not None:
+            for line in self._lines.finish():  # the last line, without its line end
+                self._last_line(line)
         if self._failure is not None:
             return StreamResult(text="", complete=False, reason=self._failure)
         if not self._recognised:
             return StreamResult(text="", complete=False, reason=NO_EVENTS)
-        if not self._terminated:
+        if not self.terminated:
             return StreamResult(text="", complete=False, reason=NOT_TERMINATED)
         return StreamResult(text=self.text, complete=True)
 
@@ -149,22 +208,48 @@ class StreamAssembler:
             self._recognised = True
             self._terminated = True
             return
+        payload = self._payload(data)
+        if payload is not None:
+            self._handle(payload, event.event)
+
+    def _payload(self, data: str) -> dict[str, object] | None:
+        """An event's (or line's) JSON object; None, with the failure noted, if it is not one."""
         try:
             payload = _json(data)
         except (ValueError, RecursionError):
             self._failure = NOT_JSON
-            return
+            return None
         if not isinstance(payload, dict):
             self._failure = NOT_OBJECT
+            return None
+        return payload
+
+    def _last_line(self, line: str) -> None:
+        """An NDJSON stream's last line, which had no line end: a line cut short is not an
+        event (like an unfinished SSE event), a whole JSON document is."""
+        if self._terminated or self._failure is not None:
             return
+        try:
+            _json(line)
+        except (ValueError, RecursionError):
+            return
+        payload = self._payload(line)
+        if payload is not None:
+            self._handle(payload, "")
+
+    def _handle(self, payload: dict[str, object], name: str) -> None:
         self._recognised = True
         before = self.chars
         if self._protocol == "openai-chat":
             self._openai_chat(payload)
         elif self._protocol == "anthropic-messages":
-            self._anthropic(payload, event.event)
+            self._anthropic(payload, name)
+        elif self._protocol == "openai-responses":
+            self._responses(payload, name)
+        elif self._protocol == "gemini-generate":
+            self._gemini(payload)
         else:
-            self._responses(payload, event.event)
+            self._ollama(payload)
         if self.chars != before:
             self.last_text_event = payload
 
@@ -215,9 +300,37 @@ class StreamAssembler:
             key = (_index(payload.get("output_index")), _index(payload.get("content_index")))
             self._add(key, payload.get("delta"))
 
+    def _gemini(self, chunk: dict[str, object]) -> None:
+        if chunk.get("error") is not None:  # Gemini's error envelope, sent as an event
+            self._error()
+            return
+        pieces: dict[_Key, list[str]] = {}
+        seen, finished = _gemini_chunk(pieces, chunk)
+        for key in sorted(pieces):
+            for text in pieces[key]:
+                self._add(key, text)
+        self._gemini_finished |= finished
+        self._gemini_open = (self._gemini_open | seen) - self._gemini_finished
+        feedback = chunk.get("promptFeedback")
+        if finished or (isinstance(feedback, dict) and feedback.get("blockReason")):
+            self._gemini_ended = True
+
+    def _ollama(self, payload: dict[str, object]) -> None:
+        if payload.get("error") is not None:
+            self._error()
+            return
+        if self._protocol == "ollama-chat":
+            message = payload.get("message")
+            if isinstance(message, dict):
+                self._add((0, 0), message.get("content"))
+        else:
+            self._add((0, 0), payload.get("response"))
+        if payload.get("done") is True:
+            self._terminated = True
+
 
 def assemble(protocol: Protocol, body: bytes) -> StreamResult:
-    """The assembled text of a whole SSE body. Fed in slices, so that the decoded text, its
+    """The assembled text of a whole streamed body. Fed in slices, so that the decoded text, its
     lines and its events exist for one slice at a time, not for the whole body at once."""
     assembler = StreamAssembler(protocol)
     view = memoryview(body)
@@ -249,8 +362,19 @@ _ANTHROPIC_BLOCKS: Final = {"text": "text"}
 _RESPONSES_PARTS: Final = {"output_text": "text", "refusal": "refusal"}
 
 
+def _gemini_response_text(body: object) -> str:
+    """A GenerateContentResponse, or the JSON array of chunks `streamGenerateContent` answers
+    without `alt=sse`: each candidate's texts concatenated across the chunks."""
+    pieces: dict[_Key, list[str]] = {}
+    for chunk in body if isinstance(body, list) else [body]:
+        _gemini_chunk(pieces, chunk)
+    return _join(pieces)
+
+
 def response_text(protocol: Protocol, body: object) -> str:
     """The assistant's text of a non-streamed JSON answer; "" for any unexpected shape."""
+    if protocol == "gemini-generate":
+        return _gemini_response_text(body)
     if not isinstance(body, dict):
         return ""
     texts: list[str] = []
@@ -273,4 +397,13 @@ def response_text(protocol: Protocol, body: object) -> str:
         for item in output if isinstance(output, list) else []:
             if isinstance(item, dict) and item.get("type") == "message":
                 texts.extend(_texts_of_parts(item.get("content"), _RESPONSES_PARTS))
+    elif protocol == "ollama-chat":
+        message = body.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str) and content:
+            texts.append(content)
+    elif protocol == "ollama-generate":
+        answer = body.get("response")
+        if isinstance(answer, str) and answer:
+            texts.append(answer)
     return SEPARATOR.join(texts)

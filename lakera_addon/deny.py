@@ -3,6 +3,16 @@
 A deny is shaped like a normal answer of the client's protocol, streamed or not, so that the
 official SDKs parse it as an ordinary reply (status 200) or raise their usual status error
 (any other status). Embeddings have no place for a refusal, so their deny is always an error.
+
+The native protocols (verified with the google-genai and ollama Python packages):
+- gemini-generate: a GenerateContentResponse, one candidate with the text and `finishReason:
+  "STOP"` (what the SDK hands back as ordinary text; "SAFETY" is Gemini's own filter and
+  documents an empty content); streamed (`?alt=sse`) as one SSE event; for
+  `:streamGenerateContent` without `alt=sse` a JSON array of that one chunk. Status >= 400:
+  Gemini's error envelope `{"error": {"code", "message", "status"}}`, never streamed.
+- ollama-chat / ollama-generate: the final answer object (`message` / `response`, `done:
+  true`, `done_reason: "stop"`); streamed as NDJSON, the text line then the `done` line.
+  Status >= 400: Ollama's `{"error": text}`.
 """
 
 from __future__ import annotations
@@ -17,11 +27,14 @@ from typing import Any
 from typing import Final
 from typing import assert_never
 
+from lakera_addon import protocols
+from lakera_addon import routing
 from lakera_addon.protocols import Protocol
 
 DEFAULT_MODEL: Final = "lakera-guard"
 JSON_CONTENT_TYPE: Final = "application/json"
 SSE_CONTENT_TYPE: Final = "text/event-stream; charset=utf-8"
+NDJSON_CONTENT_TYPE: Final = "application/x-ndjson"
 ERROR_TYPE: Final = "content_policy_violation"
 # Statuses the openai/anthropic SDKs retry on their own (besides connection errors).
 _RETRIED_STATUSES: Final = frozenset({408, 409, 429})
@@ -35,16 +48,28 @@ class DenyResponse:
 
 
 def build_deny(
-    protocol: Protocol, text: str, *, status: int, stream: bool, model: str | None
+    protocol: Protocol,
+    text: str,
+    *,
+    status: int,
+    stream: bool,
+    model: str | None,
+    path: str = "",
 ) -> DenyResponse:
     """Build the deny for `protocol` carrying `text`, answered with `status`.
 
-    `stream` asks for the protocol's event-stream form (ignored for embeddings); `model` is the
-    request's model, echoed back (DEFAULT_MODEL when unknown)."""
+    `stream` asks for the protocol's streamed form (ignored for embeddings); `model` is the
+    request's model, echoed back (DEFAULT_MODEL when unknown); `path` is the request's path,
+    which chooses the shape of a Gemini answer (`:streamGenerateContent` without `alt=sse`
+    answers a JSON array)."""
     model_name = model or DEFAULT_MODEL
     if protocol == "openai-embeddings":
         status = status if status >= 400 else 400
         return _response(status, _json_bytes(_openai_error(text)), streamed=False)
+    if protocol == "gemini-generate":
+        return _gemini_deny(text, status, stream, model_name, path)
+    if protocol == "ollama-chat" or protocol == "ollama-generate":
+        return _ollama_deny(protocol, text, status, stream, model_name)
     if stream:
         if protocol == "openai-chat":
             body = _sse_data(_chat_chunks(text, model_name))
@@ -80,9 +105,11 @@ def sdk_would_retry(status: int) -> bool:
 # --- framing -------------------------------------------------------------------------------
 
 
-def _response(status: int, body: bytes, streamed: bool) -> DenyResponse:
+def _response(
+    status: int, body: bytes, streamed: bool, stream_type: str = SSE_CONTENT_TYPE
+) -> DenyResponse:
     headers = {
-        "content-type": SSE_CONTENT_TYPE if streamed else JSON_CONTENT_TYPE,
+        "content-type": stream_type if streamed else JSON_CONTENT_TYPE,
         "x-lakera-guard": "blocked",
     }
     if streamed:
@@ -283,6 +310,73 @@ def _responses_events(text: str, model: str) -> list[dict[str, Any]]:
         },
     ]
     return [{**event, "sequence_number": n} for n, event in enumerate(events)]
+
+
+# --- gemini generateContent ------------------------------------------------------------------
+
+# google.rpc.Code names of the HTTP statuses, as Gemini's error envelope carries them
+_GOOGLE_STATUS: Final = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
+    501: "NOT_IMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+}
+
+
+def _gemini_response(text: str, model: str) -> dict[str, Any]:
+    return {
+        "candidates": [{
+            "content": {"parts": [{"text": text}], "role": "model"},
+            "finishReason": "STOP",
+            "index": 0,
+        }],
+        "usageMetadata": {"promptTokenCount": 0, "candidatesTokenCount": 0, "totalTokenCount": 0},
+        "modelVersion": model,
+        "responseId": _new_id(""),
+    }
+
+
+def _gemini_deny(text: str, status: int, stream: bool, model: str, path: str) -> DenyResponse:
+    if status >= 400:  # the SDK raises its APIError with `message`; errors are never streamed
+        error = {"code": status, "message": text, "status": _GOOGLE_STATUS.get(status, "UNKNOWN")}
+        return _response(status, _json_bytes({"error": error}), streamed=False)
+    answer = _gemini_response(text, model)
+    if routing.gemini_streams(path) and not routing.gemini_sse(path):
+        return _response(status, _json_bytes([answer]), streamed=False)
+    if stream:
+        return _response(status, _sse_data([answer]), streamed=True)
+    return _response(status, _json_bytes(answer), streamed=False)
+
+
+# --- ollama /api/chat and /api/generate ------------------------------------------------------
+
+
+def _ollama_answer(protocol: Protocol, text: str, model: str, done: bool) -> dict[str, Any]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    answer: dict[str, Any] = {"model": model, "created_at": now}
+    if protocol == protocols.OLLAMA_CHAT:
+        answer["message"] = {"role": "assistant", "content": text}
+    else:
+        answer["response"] = text
+    answer["done"] = done
+    if done:
+        answer.update(done_reason="stop", total_duration=0, load_duration=0,
+                      prompt_eval_count=0, prompt_eval_duration=0, eval_count=0,
+                      eval_duration=0)
+    return answer
+
+
+def _ollama_deny(
+    protocol: Protocol, text: str, status: int, stream: bool, model: str
+) -> DenyResponse:
+    if status >= 400:  # the SDK raises ResponseError with `error`
+        return _response(status, _json_bytes({"error": text}), streamed=False)
+    if not stream:
+        return _response(status, _json_bytes(_ollama_answer(protocol, text, model, True)),
+                         streamed=False)
+    lines = [_ollama_answer(protocol, text, model, False),
+             _ollama_answer(protocol, "", model, True)]
+    body = "".join(_json(line) + "\n" for line in lines).encode("utf-8")
+    return _response(status, body, streamed=True, stream_type=NDJSON_CONTENT_TYPE)
 
 
 # --- the ending of a progressive stream cut short --------------------------------------------

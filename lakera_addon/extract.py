@@ -6,10 +6,12 @@ Pure functions over the parsed JSON body. A body of the wrong shape for its prot
 
 from __future__ import annotations
 
+import json
 import re
 from typing import TypedDict
 
 from lakera_addon import protocols
+from lakera_addon import routing
 from lakera_addon.protocols import Protocol
 
 
@@ -141,11 +143,103 @@ def openai_embeddings(body: dict[str, object]) -> list[Message]:
     return messages
 
 
+def _field(item: dict[str, object], camel: str, snake: str) -> object:
+    """A Gemini field by its camelCase name, or by the snake_case name REST also accepts."""
+    return item[camel] if camel in item else item.get(snake)
+
+
+def _compact(value: object) -> str:
+    """A string as it is; any other JSON value as compact JSON (non-ASCII kept readable)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _function_response_texts(value: object) -> list[str]:
+    """The text of a Gemini `functionResponse` (a tool result): each value of its `response`
+    object, strings verbatim and other values (objects, lists, numbers) as compact JSON."""
+    if not isinstance(value, dict):
+        return []
+    response = value.get("response")
+    if isinstance(response, dict):
+        return [_compact(v) for v in response.values() if v is not None]
+    return [] if response is None else [_compact(response)]
+
+
+def _gemini_parts(parts: object) -> tuple[list[str], list[str]]:
+    """(text of the text parts, text of the tool results: functionResponse and
+    codeExecutionResult) of a Gemini `Content`'s parts. Function calls are the model's own."""
+    if not isinstance(parts, list):
+        return [], []
+    texts: list[str] = []
+    tool_texts: list[str] = []
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        text = part.get("text")
+        if isinstance(text, str):
+            texts.append(text)
+        tool_texts.extend(_function_response_texts(
+            _field(part, "functionResponse", "function_response")))
+        result = _field(part, "codeExecutionResult", "code_execution_result")
+        if isinstance(result, dict) and isinstance(result.get("output"), str):
+            tool_texts.append(result["output"])
+    return texts, tool_texts
+
+
+_GEMINI_ROLES = {"model": "assistant", "function": "tool"}
+
+
+def gemini_generate(body: dict[str, object]) -> list[Message]:
+    messages: list[Message] = []
+    system = _field(body, "systemInstruction", "system_instruction")
+    if isinstance(system, str):
+        _append(messages, "system", [system])
+    elif isinstance(system, dict):
+        _append(messages, "system", _gemini_parts(system.get("parts"))[0])
+    for item in _list_field(body, "contents", protocols.GEMINI_GENERATE):
+        if not isinstance(item, dict):
+            raise BodyShapeError("gemini-generate content is not an object")
+        texts, tool_texts = _gemini_parts(item.get("parts"))
+        role = item.get("role")
+        _append(messages, "tool", tool_texts)
+        _append(messages, _GEMINI_ROLES.get(role, "user") if isinstance(role, str) else "user",
+                texts)
+    return messages
+
+
+def ollama_chat(body: dict[str, object]) -> list[Message]:
+    value = body.get("messages")
+    if value is None:  # a request that only loads the model
+        return []
+    if not isinstance(value, list):
+        raise BodyShapeError("ollama-chat 'messages' is not a list")
+    messages: list[Message] = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise BodyShapeError("ollama-chat message is not an object")
+        _append(messages, _role(item.get("role")), _part_texts(item.get("content"), ("text",)))
+    return messages
+
+
+def ollama_generate(body: dict[str, object]) -> list[Message]:
+    messages: list[Message] = []
+    for key, role in (("system", "system"), ("prompt", "user"), ("suffix", "user")):
+        value = body.get(key)
+        if value is not None and not isinstance(value, str):
+            raise BodyShapeError(f"ollama-generate '{key}' is not a string")
+        _append(messages, role, [value] if value else [])
+    return messages
+
+
 _EXTRACTORS = {
     protocols.OPENAI_CHAT: openai_chat,
     protocols.ANTHROPIC_MESSAGES: anthropic_messages,
     protocols.OPENAI_RESPONSES: openai_responses,
     protocols.OPENAI_EMBEDDINGS: openai_embeddings,
+    protocols.GEMINI_GENERATE: gemini_generate,
+    protocols.OLLAMA_CHAT: ollama_chat,
+    protocols.OLLAMA_GENERATE: ollama_generate,
 }
 
 
@@ -154,22 +248,44 @@ def request_messages(protocol: Protocol, body: dict[str, object]) -> list[Messag
     return _EXTRACTORS[protocol](body)
 
 
-def request_model(body: dict[str, object]) -> str | None:
+def request_model(body: dict[str, object], path: str = "") -> str | None:
+    """The body's `model`; for Gemini, whose body has none, the model its path names."""
     model = body.get("model")
-    return model if isinstance(model, str) else None
+    return model if isinstance(model, str) else routing.gemini_model(path)
 
 
-def request_streams(protocol: Protocol, body: dict[str, object]) -> bool:
-    return protocol != protocols.OPENAI_EMBEDDINGS and body.get("stream") is True
+def request_streams(protocol: Protocol, body: dict[str, object], path: str = "") -> bool:
+    """Whether the answer will be streamed: `"stream": true` for the OpenAI and Anthropic
+    protocols; the path for Gemini (`:streamGenerateContent`); for Ollama's native API unless
+    `"stream": false` (it streams by default)."""
+    if protocol == protocols.OPENAI_EMBEDDINGS:
+        return False
+    if protocol == protocols.GEMINI_GENERATE:
+        return routing.gemini_streams(path)
+    if protocol in protocols.NDJSON:
+        return body.get("stream") is not False
+    return body.get("stream") is True
 
 
 _STREAM_TRUE = re.compile(rb'(?<!\\)"stream"\s*:\s*true')
+_STREAM_FALSE = re.compile(rb'(?<!\\)"stream"\s*:\s*false')
 
 
 def sniff_stream(raw: bytes) -> bool:
     """Whether a body the addon does not parse (too large, streamed) asks to stream, for the
     shape of a deny. A `"stream": true` inside a JSON string is escaped and does not match."""
     return _STREAM_TRUE.search(raw) is not None
+
+
+def sniff_streams(protocol: Protocol, path: str, raw: bytes) -> bool:
+    """`request_streams` for a body the addon does not parse."""
+    if protocol == protocols.OPENAI_EMBEDDINGS:
+        return False
+    if protocol == protocols.GEMINI_GENERATE:
+        return routing.gemini_streams(path)
+    if protocol in protocols.NDJSON:
+        return _STREAM_FALSE.search(raw) is None
+    return sniff_stream(raw)
 
 
 def _model_turn(protocol: Protocol, item: object) -> bool:
@@ -179,17 +295,26 @@ def _model_turn(protocol: Protocol, item: object) -> bool:
     if protocol == protocols.OPENAI_RESPONSES:
         return item.get("role") == "assistant" or item.get("type") in (
             "function_call", "custom_tool_call", "reasoning")
+    if protocol == protocols.GEMINI_GENERATE:
+        return item.get("role") == "model"
     return item.get("role") == "assistant"
+
+
+_CONVERSATION_KEYS: dict[str, str] = {
+    protocols.OPENAI_RESPONSES: "input",
+    protocols.GEMINI_GENERATE: "contents",
+}
 
 
 def latest_turn(protocol: Protocol, body: dict[str, object]) -> dict[str, object]:
     """`input_scope: latest`: the body with its conversation cut to what follows the model's
     last turn (the new user input and tool results); system messages and `system` /
-    `instructions` stay. Earlier turns were screened when they were new."""
-    key = "input" if protocol == protocols.OPENAI_RESPONSES else "messages"
+    `instructions` / `systemInstruction` stay. Earlier turns were screened when they were new."""
+    key = _CONVERSATION_KEYS.get(protocol, "messages")
     items = body.get(key)
-    if protocol == protocols.OPENAI_EMBEDDINGS or not isinstance(items, list):
-        return body
+    if protocol in (protocols.OPENAI_EMBEDDINGS, protocols.OLLAMA_GENERATE) or not isinstance(
+            items, list):
+        return body  # no conversation history
     last = max((i for i, item in enumerate(items) if _model_turn(protocol, item)), default=-1)
     kept = [item for i, item in enumerate(items) if i > last or (
         isinstance(item, dict) and item.get("role") in ("system", "developer"))]

@@ -227,8 +227,9 @@ class LakeraGuard:
             state, messages, body = await self._read_request(flow, route)
         except (content_decoding.TooLarge, TooDeep) as e:
             reason = str(e) if raw is None else f"request body {e}"
-            guessed = FlowState(route, routing.guess_protocol(flow.request.path), None,
-                                extract.sniff_stream(raw or b""))
+            guessed_protocol = routing.guess_protocol(flow.request.path)
+            guessed = FlowState(route, guessed_protocol, None, extract.sniff_streams(
+                guessed_protocol, flow.request.path, raw or b""))
             if settings.scans_input:
                 self._fail(flow, route, reason, guessed)
             if not guessed.denied and settings.scans_output:
@@ -268,8 +269,8 @@ class LakeraGuard:
         state = FlowState(
             route,
             protocol,
-            extract.request_model(body),
-            extract.request_streams(protocol, body),
+            extract.request_model(body, flow.request.path),
+            extract.request_streams(protocol, body, flow.request.path),
         )
         try:
             messages = extract.request_messages(protocol, body)
@@ -406,7 +407,7 @@ class LakeraGuard:
         state = self._output_state(flow)
         if state is None or flow.response is None:
             return
-        if not routing.is_event_stream(flow.response.headers.get("content-type")):
+        if not routing.is_streamed_answer(flow.response.headers.get("content-type")):
             flow.response.stream = False  # a JSON answer is screened whole
             return
         if state.settings.shadow:  # pass-through: forward every chunk at once
@@ -566,7 +567,7 @@ class LakeraGuard:
             return "", f"response {e}", None
         except ValueError:
             return "", "response body cannot be decoded", None
-        if routing.is_event_stream(flow.response.headers.get("content-type")):
+        if routing.is_streamed_answer(flow.response.headers.get("content-type")):
             result = (assembly.assemble(state.protocol, content)
                       if len(content) <= OFF_LOOP_BYTES
                       else await _off_loop(assembly.assemble, state.protocol, content))
@@ -753,7 +754,7 @@ class LakeraGuard:
         stream = (
             state.streams
             if side == "request"
-            else routing.is_event_stream(flow.response.headers.get("content-type"))
+            else routing.is_streamed_answer(flow.response.headers.get("content-type"))
             if flow.response
             else False
         )
@@ -763,6 +764,7 @@ class LakeraGuard:
             status=settings.deny_code,
             stream=stream,
             model=state.model,
+            path=flow.request.path,
         )
         state.denied = True
         self._flows[flow] = state

@@ -1,9 +1,66 @@
-"""Which protocol a screened request speaks (SPEC section 3, `auto` detection)."""
+"""Which protocol a screened request speaks (SPEC section 3, `auto` detection), and what the path
+and the answer's Content-Type say about its framing."""
 
 from __future__ import annotations
 
+from typing import Final
+from urllib.parse import parse_qs
+from urllib.parse import unquote
+
 from lakera_addon import protocols
 from lakera_addon.protocols import Protocol
+
+_GEMINI_METHODS: Final = ("generateContent", "streamGenerateContent")
+_STREAMED_TYPES: Final = frozenset(
+    {"text/event-stream", "application/x-ndjson", "application/ndjson"}
+)
+
+
+def _path_only(path: str) -> str:
+    return path.split("?", 1)[0].rstrip("/")
+
+
+def _gemini_call(path: str) -> tuple[str, str] | None:
+    """(model, method) of a Gemini path whose last segment is `{model}:generateContent` or
+    `{model}:streamGenerateContent` (`.../models/gemini-2.5-flash:generateContent`)."""
+    last = unquote(_path_only(path).rsplit("/", 1)[-1])
+    model, colon, method = last.rpartition(":")
+    if colon and model and method in _GEMINI_METHODS:
+        return model, method
+    return None
+
+
+def gemini_model(path: str) -> str | None:
+    """The model a Gemini path names (Gemini's request body has none)."""
+    call = _gemini_call(path)
+    return call[0] if call else None
+
+
+def gemini_streams(path: str) -> bool:
+    """Whether a Gemini path asks for a streamed answer (`:streamGenerateContent`)."""
+    call = _gemini_call(path)
+    return call is not None and call[1] == "streamGenerateContent"
+
+
+def gemini_sse(path: str) -> bool:
+    """Whether a Gemini stream is asked for as SSE (`?alt=sse`); without it the answer is one
+    JSON array of the chunks."""
+    if not gemini_streams(path):
+        return False
+    query = parse_qs(path.partition("?")[2])
+    return "sse" in (query.get("alt", []) + query.get("$alt", []))
+
+
+def _native_protocol(path: str) -> Protocol | None:
+    """The native protocols, told by their path alone."""
+    if _gemini_call(path) is not None:
+        return protocols.GEMINI_GENERATE
+    stripped = _path_only(path)
+    if stripped.endswith("/api/chat"):
+        return protocols.OLLAMA_CHAT
+    if stripped.endswith("/api/generate"):
+        return protocols.OLLAMA_GENERATE
+    return None
 
 
 def detect_protocol(declared: str, path: str, body: dict[str, object]) -> Protocol | None:
@@ -13,7 +70,10 @@ def detect_protocol(declared: str, path: str, body: dict[str, object]) -> Protoc
             if known == declared:
                 return known
         return None
-    path = path.split("?", 1)[0].rstrip("/")
+    native = _native_protocol(path)
+    if native is not None:
+        return native
+    path = _path_only(path)
     if path.endswith("/messages"):
         return protocols.ANTHROPIC_MESSAGES
     if path.endswith("/responses") and "input" in body:
@@ -27,7 +87,10 @@ def detect_protocol(declared: str, path: str, body: dict[str, object]) -> Protoc
 
 def guess_protocol(path: str) -> Protocol:
     """The protocol a path suggests, for a deny when the body could not be read."""
-    path = path.split("?", 1)[0].rstrip("/")
+    native = _native_protocol(path)
+    if native is not None:
+        return native
+    path = _path_only(path)
     if path.endswith("/messages"):
         return protocols.ANTHROPIC_MESSAGES
     if path.endswith("/responses"):
@@ -37,8 +100,17 @@ def guess_protocol(path: str) -> Protocol:
     return protocols.OPENAI_CHAT
 
 
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
 def is_event_stream(content_type: str | None) -> bool:
     """Whether a response's Content-Type is `text/event-stream` (SPEC section 5)."""
-    if not content_type:
-        return False
-    return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+    return _media_type(content_type) == "text/event-stream"
+
+
+def is_streamed_answer(content_type: str | None) -> bool:
+    """Whether a response's Content-Type is a stream of events the addon assembles: SSE
+    (`text/event-stream`) or newline-delimited JSON (`application/x-ndjson`, Ollama's
+    native API). Anything else is screened as one JSON answer."""
+    return _media_type(content_type) in _STREAMED_TYPES

@@ -244,6 +244,72 @@ R_REASONING_THEN_TWO_MESSAGES = [
 R_ERROR = ("error", {"type": "error", "sequence_number": 5, "code": "server_error",
                      "message": "The server had an error", "param": None})
 
+# --- gemini-generate (SSE with ?alt=sse; no terminal event) ---------------------------------
+
+G_USAGE = {"promptTokenCount": 8, "candidatesTokenCount": 3, "totalTokenCount": 11}
+
+
+def g_chunk(*candidates: dict[str, object], usage: bool = True) -> tuple[None, dict[str, object]]:
+    """A GenerateContentResponse chunk as the API streams it."""
+    chunk: dict[str, object] = {"candidates": list(candidates)}
+    if usage:
+        chunk["usageMetadata"] = G_USAGE
+    chunk.update(modelVersion="gemini-2.5-flash", responseId="mZ4XaL2lK4e1qtsP8KXq4Qs")
+    return (None, chunk)
+
+
+def g_cand(*parts: dict[str, object], index: int | None = None,
+           finish: str | None = None) -> dict[str, object]:
+    candidate: dict[str, object] = {"content": {"parts": list(parts), "role": "model"}}
+    if index is not None:  # the API omits index 0
+        candidate["index"] = index
+    if finish is not None:
+        candidate["finishReason"] = finish
+    return candidate
+
+
+def g_text(text: str, finish: str | None = None) -> tuple[None, dict[str, object]]:
+    return g_chunk(g_cand({"text": text}, finish=finish))
+
+
+GEMINI_TEXT = [g_text("Hello"), g_text(" there"), g_text("!", finish="STOP")]
+G_CALL = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+          "thoughtSignature": "CtYBAdHtim8"}
+G_ERROR = (None, {"error": {"code": 503, "message": "The model is overloaded.",
+                            "status": "UNAVAILABLE"}})
+
+# --- ollama (NDJSON: one JSON object per line; terminal "done": true) ------------------------
+
+
+def ndjson(*lines: object, crlf: bool = False) -> bytes:
+    end = "\r\n" if crlf else "\n"
+    return "".join((line if isinstance(line, str) else json.dumps(line)) + end
+                   for line in lines).encode()
+
+
+def o_chat(content: str, done: bool = False, **message: object) -> dict[str, object]:
+    line: dict[str, object] = {"model": "llama3.2", "created_at": "2025-06-01T12:00:00.1234Z",
+                               "message": {"role": "assistant", "content": content, **message},
+                               "done": done}
+    if done:
+        line.update(done_reason="stop", total_duration=4883583458, load_duration=1334875,
+                    prompt_eval_count=26, prompt_eval_duration=342546000, eval_count=282,
+                    eval_duration=4535599000)
+    return line
+
+
+def o_gen(response: str, done: bool = False) -> dict[str, object]:
+    line: dict[str, object] = {"model": "llama3.2", "created_at": "2025-06-01T12:00:00.1234Z",
+                               "response": response, "done": done}
+    if done:
+        line.update(done_reason="stop", context=[1, 2, 3], eval_count=3)
+    return line
+
+
+OLLAMA_CHAT_TEXT = [o_chat("Hello"), o_chat(" there"), o_chat("!"), o_chat("", done=True)]
+OLLAMA_GEN_TEXT = [o_gen("Why"), o_gen(" not?"), o_gen("", done=True)]
+O_ERROR = {"error": "an error was encountered while running the model: unexpected EOF"}
+
 STREAMS: list[tuple[str, Protocol, bytes, StreamResult]] = [
     # openai-chat
     ("chat: text", protocols.OPENAI_CHAT, sse(*CHAT_TEXT, DONE),
@@ -337,6 +403,89 @@ STREAMS: list[tuple[str, Protocol, bytes, StreamResult]] = [
     # openai-embeddings
     ("embeddings: never streams", protocols.OPENAI_EMBEDDINGS, sse(*CHAT_TEXT, DONE),
      StreamResult("", False, "embeddings answers do not stream")),
+    # gemini-generate
+    ("gemini: text, complete at the finishReason", protocols.GEMINI_GENERATE,
+     sse(*GEMINI_TEXT), StreamResult("Hello there!", True)),
+    ("gemini: CRLF framing, as the API sends it", protocols.GEMINI_GENERATE,
+     sse(*GEMINI_TEXT, crlf=True), StreamResult("Hello there!", True)),
+    ("gemini: no finishReason is not terminated", protocols.GEMINI_GENERATE,
+     sse(*GEMINI_TEXT[:2]), StreamResult("", False, NOT_TERMINATED)),
+    ("gemini: cut in the middle of the last event", protocols.GEMINI_GENERATE,
+     sse(*GEMINI_TEXT)[:-5], StreamResult("", False, NOT_TERMINATED)),
+    ("gemini: thoughts are not the answer", protocols.GEMINI_GENERATE,
+     sse(g_chunk(g_cand({"text": "Let me think", "thought": True})),
+         g_chunk(g_cand({"text": "Paris", "thoughtSignature": "Cq0B"}, finish="STOP"))),
+     StreamResult("Paris", True)),
+    ("gemini: a function call only", protocols.GEMINI_GENERATE,
+     sse(g_chunk(g_cand(G_CALL, finish="STOP"))), StreamResult("", True)),
+    ("gemini: text, then a function call", protocols.GEMINI_GENERATE,
+     sse(g_text("Checking."), g_chunk(g_cand(G_CALL, finish="STOP"))),
+     StreamResult("Checking.", True)),
+    ("gemini: two candidates in index order", protocols.GEMINI_GENERATE,
+     sse(g_chunk(g_cand({"text": "A1"}), g_cand({"text": "B1"}, index=1)),
+         g_chunk(g_cand({"text": " A2"}, finish="STOP"),
+                 g_cand({"text": " B2"}, index=1, finish="STOP"))),
+     StreamResult("A1 A2\n\nB1 B2", True)),
+    ("gemini: one candidate finished, the other still open", protocols.GEMINI_GENERATE,
+     sse(g_chunk(g_cand({"text": "A"}, finish="STOP"), g_cand({"text": "B"}, index=1))),
+     StreamResult("", False, NOT_TERMINATED)),
+    ("gemini: text after a candidate's finishReason still counts", protocols.GEMINI_GENERATE,
+     sse(g_chunk(g_cand({"text": "A"}, finish="STOP"), g_cand({"text": "B"}, index=1)),
+         g_chunk(g_cand({"text": " more"}, index=1, finish="MAX_TOKENS"))),
+     StreamResult("A\n\nB more", True)),
+    ("gemini: a usage-only chunk after the end", protocols.GEMINI_GENERATE,
+     sse(*GEMINI_TEXT, (None, {"usageMetadata": G_USAGE})), StreamResult("Hello there!", True)),
+    ("gemini: the prompt blocked", protocols.GEMINI_GENERATE,
+     sse((None, {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": G_USAGE})),
+     StreamResult("", True)),
+    ("gemini: error event after text", protocols.GEMINI_GENERATE,
+     sse(*GEMINI_TEXT[:2], G_ERROR), StreamResult("Hello there", True)),
+    ("gemini: data not JSON", protocols.GEMINI_GENERATE,
+     sse(GEMINI_TEXT[0], (None, "{broken"), GEMINI_TEXT[2]), StreamResult("", False, NOT_JSON)),
+    ("gemini: the JSON array form is not SSE", protocols.GEMINI_GENERATE,
+     json.dumps([GEMINI_TEXT[0][1], GEMINI_TEXT[2][1]]).encode(),
+     StreamResult("", False, NO_EVENTS)),
+    ("gemini: empty body", protocols.GEMINI_GENERATE, b"", StreamResult("", False, NO_EVENTS)),
+    # ollama-chat and ollama-generate
+    ("ollama chat: text, done", protocols.OLLAMA_CHAT, ndjson(*OLLAMA_CHAT_TEXT),
+     StreamResult("Hello there!", True)),
+    ("ollama chat: CRLF line ends", protocols.OLLAMA_CHAT, ndjson(*OLLAMA_CHAT_TEXT, crlf=True),
+     StreamResult("Hello there!", True)),
+    ("ollama chat: thinking is not the answer", protocols.OLLAMA_CHAT,
+     ndjson(o_chat("", thinking="Let me think"), o_chat("Paris"), o_chat("", done=True)),
+     StreamResult("Paris", True)),
+    ("ollama chat: tool calls only", protocols.OLLAMA_CHAT,
+     ndjson(o_chat("", tool_calls=[{"function": {"name": "f", "arguments": {"a": 1}}}]),
+            o_chat("", done=True)), StreamResult("", True)),
+    ("ollama chat: no done line", protocols.OLLAMA_CHAT, ndjson(*OLLAMA_CHAT_TEXT[:3]),
+     StreamResult("", False, NOT_TERMINATED)),
+    ("ollama chat: cut in the middle of the done line", protocols.OLLAMA_CHAT,
+     ndjson(*OLLAMA_CHAT_TEXT)[:-20], StreamResult("", False, NOT_TERMINATED)),
+    ("ollama chat: the done line without its line end", protocols.OLLAMA_CHAT,
+     ndjson(*OLLAMA_CHAT_TEXT)[:-1], StreamResult("Hello there!", True)),
+    ("ollama chat: blank lines between", protocols.OLLAMA_CHAT,
+     b"\n".join(ndjson(line) for line in OLLAMA_CHAT_TEXT), StreamResult("Hello there!", True)),
+    ("ollama chat: error line after text", protocols.OLLAMA_CHAT,
+     ndjson(*OLLAMA_CHAT_TEXT[:2], O_ERROR), StreamResult("Hello there", True)),
+    ("ollama chat: a line not JSON", protocols.OLLAMA_CHAT,
+     ndjson(OLLAMA_CHAT_TEXT[0], "{broken", OLLAMA_CHAT_TEXT[3]),
+     StreamResult("", False, NOT_JSON)),
+    ("ollama chat: a line not an object", protocols.OLLAMA_CHAT,
+     ndjson([1, 2], OLLAMA_CHAT_TEXT[3]),
+     StreamResult("", False, "event data is not a JSON object")),
+    ("ollama chat: lines after done ignored", protocols.OLLAMA_CHAT,
+     ndjson(*OLLAMA_CHAT_TEXT, o_chat("late"), "not json"), StreamResult("Hello there!", True)),
+    ("ollama chat: SSE is not NDJSON", protocols.OLLAMA_CHAT, sse(*CHAT_TEXT, DONE),
+     StreamResult("", False, NOT_JSON)),
+    ("ollama chat: empty body", protocols.OLLAMA_CHAT, b"", StreamResult("", False, NO_EVENTS)),
+    ("ollama generate: text, done", protocols.OLLAMA_GENERATE, ndjson(*OLLAMA_GEN_TEXT),
+     StreamResult("Why not?", True)),
+    ("ollama generate: chat lines carry no response", protocols.OLLAMA_GENERATE,
+     ndjson(*OLLAMA_CHAT_TEXT), StreamResult("", True)),
+    ("ollama generate: no done line", protocols.OLLAMA_GENERATE, ndjson(*OLLAMA_GEN_TEXT[:2]),
+     StreamResult("", False, NOT_TERMINATED)),
+    ("ollama generate: error line", protocols.OLLAMA_GENERATE,
+     ndjson(OLLAMA_GEN_TEXT[0], O_ERROR), StreamResult("Why", True)),
 ]
 
 
@@ -363,6 +512,12 @@ STATES = [
     ("anthropic: stop", protocols.ANTHROPIC_MESSAGES, sse(A_START, A_STOP), True, False),
     ("responses: error", protocols.OPENAI_RESPONSES, sse(R_CREATED, R_ERROR), True, True),
     ("responses: completed", protocols.OPENAI_RESPONSES, sse(*R_TEXT), True, False),
+    ("gemini: finished", protocols.GEMINI_GENERATE, sse(*GEMINI_TEXT), True, False),
+    ("gemini: open", protocols.GEMINI_GENERATE, sse(*GEMINI_TEXT[:2]), False, False),
+    ("gemini: error", protocols.GEMINI_GENERATE, sse(GEMINI_TEXT[0], G_ERROR), True, True),
+    ("ollama: done", protocols.OLLAMA_CHAT, ndjson(*OLLAMA_CHAT_TEXT), True, False),
+    ("ollama: open", protocols.OLLAMA_GENERATE, ndjson(*OLLAMA_GEN_TEXT[:2]), False, False),
+    ("ollama: error", protocols.OLLAMA_CHAT, ndjson(O_ERROR), True, True),
 ]
 
 
@@ -383,6 +538,26 @@ def test_text_so_far_and_finish_twice() -> None:
     assert not assembler.terminated
     assembler.feed(sse(*CHAT_TEXT[3:], DONE))
     assert assembler.finish() == StreamResult("Hello there!", True)
+    assert assembler.finish() == StreamResult("Hello there!", True)
+
+
+def test_gemini_text_so_far_and_terminated_as_candidates_finish() -> None:
+    assembler = StreamAssembler(protocols.GEMINI_GENERATE)
+    assembler.feed(sse(g_chunk(g_cand({"text": "A"}, finish="STOP"))))
+    assert assembler.terminated and assembler.text == "A"
+    assembler.feed(sse(g_chunk(g_cand({"text": "B"}, index=1))))  # a second candidate opens
+    assert not assembler.terminated and assembler.text == "A\n\nB"
+    assembler.feed(sse(g_chunk(g_cand({"text": "!"}, index=1, finish="STOP"))))
+    assert assembler.finish() == StreamResult("A\n\nB!", True)
+
+
+def test_ollama_text_so_far() -> None:
+    assembler = StreamAssembler(protocols.OLLAMA_CHAT)
+    body = ndjson(*OLLAMA_CHAT_TEXT)
+    assembler.feed(body[:-10])  # the done line not yet complete
+    assert assembler.text == "Hello there!" and not assembler.terminated
+    assembler.feed(body[-10:])
+    assert assembler.terminated
     assert assembler.finish() == StreamResult("Hello there!", True)
 
 
@@ -423,6 +598,8 @@ _FRAGMENTS = st.sampled_from([
     b'"type"', b'"error"', b'"choices"', b'"delta"', b'"content"', b'"index"', b":", b",",
     b'"message_stop"', b'"content_block_delta"', b'"text_delta"', b'"text"', b"0", b"1",
     b'"response.output_text.delta"', b'"response.completed"', b"null", b"\xff", b"\xc3",
+    b'"candidates"', b'"parts"', b'"finishReason"', b'"STOP"', b'"thought"', b'"promptFeedback"',
+    b'"blockReason"', b'"message"', b'"response"', b'"done"', b"true", b"\r",
 ])
 
 
@@ -496,6 +673,24 @@ RESPONSES_RESPONSE = {
     "usage": {"input_tokens": 328, "output_tokens": 52, "total_tokens": 380},
 }
 
+GEMINI_RESPONSE = {
+    "candidates": [
+        {"content": {"role": "model", "parts": [
+            {"text": "**Weighing the options**", "thought": True},
+            {"text": "The capital of France "},
+            G_CALL,
+            {"text": "is Paris.", "thoughtSignature": "Cq0B"}]},
+         "finishReason": "STOP", "avgLogprobs": -0.12},
+        {"content": {"role": "model", "parts": [{"text": "Paris."}]}, "finishReason": "STOP",
+         "index": 1},
+    ],
+    "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 12, "totalTokenCount": 20,
+                      "thoughtsTokenCount": 30},
+    "modelVersion": "gemini-2.5-flash", "responseId": "mZ4XaL2lK4e1qtsP8KXq4Qs",
+}
+OLLAMA_CHAT_ANSWER = o_chat("The sky is blue because of Rayleigh scattering.", done=True,
+                            thinking="hmm")
+
 RESPONSE_TEXTS: list[tuple[str, Protocol, object, str]] = [
     ("chat: string and part contents", protocols.OPENAI_CHAT, CHAT_COMPLETION,
      "The image shows a boardwalk.\n\npart one\n\npart two"),
@@ -523,6 +718,31 @@ RESPONSE_TEXTS: list[tuple[str, Protocol, object, str]] = [
     ("not a dict", protocols.OPENAI_CHAT, ["choices"], ""),
     ("null", protocols.ANTHROPIC_MESSAGES, None, ""),
     ("string", protocols.OPENAI_RESPONSES, "output", ""),
+    ("gemini: text parts of each candidate, no thoughts or calls", protocols.GEMINI_GENERATE,
+     GEMINI_RESPONSE, "The capital of France is Paris.\n\nParis."),
+    ("gemini: the JSON array of a stream without alt=sse", protocols.GEMINI_GENERATE,
+     [chunk for _, chunk in GEMINI_TEXT], "Hello there!"),
+    ("gemini: an array with two candidates", protocols.GEMINI_GENERATE,
+     [g_chunk(g_cand({"text": "A1"}), g_cand({"text": "B1"}, index=1))[1],
+      g_chunk(g_cand({"text": " B2"}, index=1, finish="STOP"),
+              g_cand({"text": " A2"}, finish="STOP"))[1]], "A1 A2\n\nB1 B2"),
+    ("gemini: a function call only", protocols.GEMINI_GENERATE,
+     g_chunk(g_cand(G_CALL, finish="STOP"))[1], ""),
+    ("gemini: the prompt blocked", protocols.GEMINI_GENERATE,
+     {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}, ""),
+    ("gemini: wrong shapes", protocols.GEMINI_GENERATE,
+     [None, {"candidates": "x"}, {"candidates": [None, {"content": "x"},
+                                                 {"content": {"parts": [{"text": 5}, "t"]}}]}],
+     ""),
+    ("ollama chat: message content", protocols.OLLAMA_CHAT, OLLAMA_CHAT_ANSWER,
+     "The sky is blue because of Rayleigh scattering."),
+    ("ollama chat: tool calls only", protocols.OLLAMA_CHAT,
+     o_chat("", done=True, tool_calls=[{"function": {"name": "f", "arguments": {}}}]), ""),
+    ("ollama chat: wrong shapes", protocols.OLLAMA_CHAT, {"message": {"content": ["x"]}}, ""),
+    ("ollama generate: response", protocols.OLLAMA_GENERATE, o_gen("Because.", done=True),
+     "Because."),
+    ("ollama generate: a chat answer has no response", protocols.OLLAMA_GENERATE,
+     OLLAMA_CHAT_ANSWER, ""),
 ]
 
 
@@ -537,7 +757,8 @@ _JSON = st.recursive(
     | st.sampled_from(["text", "output_text", "message", "refusal"]),
     lambda inner: st.lists(inner, max_size=4)
     | st.dictionaries(st.sampled_from(["choices", "message", "content", "type", "text",
-                                       "output", "refusal", "x"]), inner, max_size=4),
+                                       "output", "refusal", "x", "candidates", "parts",
+                                       "thought", "index", "response"]), inner, max_size=4),
     max_leaves=30,
 )
 

@@ -1,6 +1,7 @@
-"""The deny shapes (SPEC section 6), parsed by the real openai and anthropic SDKs through
-their HTTP client's MockTransport: a 2xx deny reads as a normal answer carrying the deny text,
-any other status raises the SDK's status error, never retried, with the text in it."""
+"""The deny shapes (SPEC section 6), parsed by the real openai, anthropic, google-genai and
+ollama SDKs through their HTTP client's MockTransport: a 2xx deny reads as a normal answer
+carrying the deny text, any other status raises the SDK's status error, never retried, with the
+text in it."""
 
 from __future__ import annotations
 
@@ -9,10 +10,17 @@ from collections.abc import Callable
 from typing import Any
 
 import anthropic
+import httpx
 import httpx2
+import ollama
 import openai
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 
+from lakera_addon.assembly import assemble
+from lakera_addon.assembly import response_text
 from lakera_addon.deny import DenyResponse
 from lakera_addon.deny import build_deny
 from lakera_addon.protocols import ALL
@@ -281,14 +289,21 @@ def test_embeddings_deny_raises(status, error, stream) -> None:
     assert len(server.calls) == 1
 
 
+NATIVE = ("gemini-generate", "ollama-chat", "ollama-generate")
+
+
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("protocol", ALL)
 @pytest.mark.parametrize("status", RETRIED + NOT_RETRIED)
 def test_headers(protocol: Protocol, stream: bool, status) -> None:
     deny = build_deny(protocol, TEXT, status=status, stream=stream, model=MODEL)
-    streamed = stream and protocol != "openai-embeddings"
+    # the native protocols answer an error status with a JSON error, streamed or not
+    streamed = stream and protocol != "openai-embeddings" and not (
+        protocol in NATIVE and status >= 400)
+    stream_type = ("application/x-ndjson" if protocol.startswith("ollama")
+                   else "text/event-stream; charset=utf-8")
     expected = {
-        "content-type": "text/event-stream; charset=utf-8" if streamed else "application/json",
+        "content-type": stream_type if streamed else "application/json",
         "x-lakera-guard": "blocked",
     }
     if streamed:
@@ -354,3 +369,202 @@ def test_model_defaults_and_ids_differ(protocol: Protocol) -> None:
 def test_awkward_texts_survive(protocol: Protocol, stream: bool, reader: Reader, text) -> None:
     server = Server(build_deny(protocol, text, status=200, stream=stream, model=MODEL))
     assert reader(server, MODEL, 0) == (text, MODEL)
+
+
+# --- the native protocols: google-genai and ollama (both on httpx) --------------------------
+
+GEMINI_PATH = f"/v1beta/models/{MODEL}:generateContent"
+GEMINI_SSE_PATH = f"/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"
+GEMINI_ARRAY_PATH = f"/v1beta/models/{MODEL}:streamGenerateContent"
+
+
+class NativeServer:
+    """Answers every request with one deny, over httpx (which both SDKs use)."""
+
+    def __init__(self, deny: DenyResponse) -> None:
+        self.deny = deny
+        self.calls: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(request)
+        return httpx.Response(self.deny.status, headers=self.deny.headers, content=self.deny.body)
+
+
+def genai_client(server: NativeServer) -> genai.Client:
+    # the SDK's default: no retry options, one attempt
+    return genai.Client(api_key="x", http_options=genai_types.HttpOptions(
+        base_url="http://test", api_version="v1beta",
+        client_args={"transport": httpx.MockTransport(server)}))
+
+
+def ollama_client(server: NativeServer) -> ollama.Client:
+    return ollama.Client(host="http://test", transport=httpx.MockTransport(server))
+
+
+def gemini_plain(server: NativeServer, model: str) -> tuple[str, str]:
+    client = genai_client(server)  # kept: the client closes its connections when collected
+    answer = client.models.generate_content(model=model, contents="hi")
+    assert server.calls[-1].url.path == f"/v1beta/models/{model}:generateContent"
+    (candidate,) = answer.candidates or []
+    assert candidate.finish_reason == genai_types.FinishReason.STOP
+    assert answer.usage_metadata is not None and answer.usage_metadata.total_token_count == 0
+    return answer.text or "", str(answer.model_version)
+
+
+def gemini_stream(server: NativeServer, model: str) -> tuple[str, str]:
+    client = genai_client(server)
+    chunks = list(client.models.generate_content_stream(model=model, contents="hi"))
+    assert server.calls[-1].url.params["alt"] == "sse"
+    assert chunks[-1].candidates[0].finish_reason == genai_types.FinishReason.STOP
+    return "".join(c.text or "" for c in chunks), str(chunks[-1].model_version)
+
+
+def gemini_chat(server: NativeServer, model: str) -> tuple[str, str]:
+    """The chat helper keeps a valid answer as the model's turn of its history."""
+    client = genai_client(server)
+    chat = client.chats.create(model=model)
+    answer = chat.send_message("hi")
+    history = chat.get_history(curated=True)
+    assert [c.role for c in history] == ["user", "model"]
+    assert history[1].parts[0].text == answer.text
+    return answer.text or "", str(answer.model_version)
+
+
+def ollama_chat_plain(server: NativeServer, model: str) -> tuple[str, str]:
+    answer = ollama_client(server).chat(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert answer.done is True and answer.done_reason == "stop"
+    assert answer.message.role == "assistant"
+    return answer.message.content or "", str(answer.model)
+
+
+def ollama_chat_stream(server: NativeServer, model: str) -> tuple[str, str]:
+    parts = list(ollama_client(server).chat(
+        model=model, messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert [p.done for p in parts] == [False, True]
+    assert parts[-1].done_reason == "stop"
+    return "".join(p.message.content or "" for p in parts), str(parts[-1].model)
+
+
+def ollama_generate_plain(server: NativeServer, model: str) -> tuple[str, str]:
+    answer = ollama_client(server).generate(model=model, prompt="hi")
+    assert answer.done is True and answer.done_reason == "stop"
+    assert answer.response is not None
+    return answer.response, str(answer.model)
+
+
+def ollama_generate_stream(server: NativeServer, model: str) -> tuple[str, str]:
+    parts = list(ollama_client(server).generate(model=model, prompt="hi", stream=True))
+    assert [p.done for p in parts] == [False, True]
+    assert all(p.response is not None for p in parts)
+    return "".join(p.response or "" for p in parts), str(parts[-1].model)
+
+
+NativeReader = Callable[[NativeServer, str], tuple[str, str]]
+# (protocol, the request's path, streamed?, reader)
+NATIVE_READERS: list[tuple[Protocol, str, bool, NativeReader]] = [
+    ("gemini-generate", GEMINI_PATH, False, gemini_plain),
+    ("gemini-generate", GEMINI_PATH, False, gemini_chat),
+    ("gemini-generate", GEMINI_SSE_PATH, True, gemini_stream),
+    ("ollama-chat", "/api/chat", False, ollama_chat_plain),
+    ("ollama-chat", "/api/chat", True, ollama_chat_stream),
+    ("ollama-generate", "/api/generate", False, ollama_generate_plain),
+    ("ollama-generate", "/api/generate", True, ollama_generate_stream),
+]
+NATIVE_CASES = [pytest.param(*case, id=f"{case[0]}-{case[3].__name__}")
+                for case in NATIVE_READERS]
+
+
+def native_error(protocol: Protocol, reader: NativeReader, server: NativeServer
+                 ) -> tuple[int, str]:
+    """(status, message) of the error the SDK raises."""
+    if protocol == "gemini-generate":
+        with pytest.raises(genai_errors.APIError) as gemini_raised:
+            reader(server, MODEL)
+        return gemini_raised.value.code, str(gemini_raised.value.message)
+    with pytest.raises(ollama.ResponseError) as ollama_raised:
+        reader(server, MODEL)
+    assert str(ollama_raised.value) == f"{TEXT} (status code: {ollama_raised.value.status_code})"
+    return ollama_raised.value.status_code, ollama_raised.value.error
+
+
+@pytest.mark.parametrize("status", STATUSES)
+@pytest.mark.parametrize(("protocol", "path", "stream", "reader"), NATIVE_CASES)
+def test_native_sdk_reads_the_deny(protocol: Protocol, path: str, stream: bool,
+                                   reader: NativeReader, status) -> None:
+    server = NativeServer(build_deny(protocol, TEXT, status=status, stream=stream, model=MODEL,
+                                     path=path))
+    if status < 300:
+        assert reader(server, MODEL) == (TEXT, MODEL)
+    else:
+        assert native_error(protocol, reader, server) == (status, TEXT)
+    assert len(server.calls) == 1  # neither SDK retries by default
+
+
+@pytest.mark.parametrize("status", [403, 429, 503])
+def test_gemini_error_envelope(status) -> None:
+    deny = build_deny("gemini-generate", TEXT, status=status, stream=True, model=MODEL,
+                      path=GEMINI_SSE_PATH)
+    expected = {403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}[status]
+    assert json.loads(deny.body) == {"error": {"code": status, "message": TEXT,
+                                               "status": expected}}
+    server = NativeServer(deny)
+    with pytest.raises(genai_errors.APIError) as raised:
+        gemini_stream(server, MODEL)
+    assert raised.value.status == expected
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_stream_without_alt_sse_is_a_json_array(stream: bool) -> None:
+    """`:streamGenerateContent` without `alt=sse` answers one JSON array of chunks, whether the
+    deny is for the request (streams: the path says so) or for a JSON answer."""
+    deny = build_deny("gemini-generate", TEXT, status=200, stream=stream, model=MODEL,
+                      path=f"/block{GEMINI_ARRAY_PATH}?key=k")
+    assert deny.headers["content-type"] == "application/json"
+    chunks = json.loads(deny.body)
+    assert isinstance(chunks, list) and len(chunks) == 1
+    assert chunks[0]["candidates"][0]["finishReason"] == "STOP"
+    assert response_text("gemini-generate", chunks) == TEXT
+
+
+@pytest.mark.parametrize(("protocol", "path"), [
+    ("openai-chat", ""), ("anthropic-messages", ""), ("openai-responses", ""),
+    ("gemini-generate", GEMINI_SSE_PATH), ("ollama-chat", "/api/chat"),
+    ("ollama-generate", "/api/generate")])
+def test_streamed_deny_assembles_to_its_text(protocol: Protocol, path: str) -> None:
+    """What the addon reads back of its own streamed deny (a held stream re-framed by masking
+    goes through build_deny): the whole text, a complete stream."""
+    deny = build_deny(protocol, TEXT, status=200, stream=True, model=MODEL, path=path)
+    result = assemble(protocol, deny.body)
+    assert (result.text, result.complete) == (TEXT, True)
+
+
+@pytest.mark.parametrize(("protocol", "path"), [
+    ("gemini-generate", GEMINI_PATH), ("ollama-chat", "/api/chat"),
+    ("ollama-generate", "/api/generate")])
+def test_native_json_deny_reads_as_its_text(protocol: Protocol, path: str) -> None:
+    deny = build_deny(protocol, TEXT, status=200, stream=False, model=None, path=path)
+    body = json.loads(deny.body)
+    assert response_text(protocol, body) == TEXT
+    model = body["modelVersion"] if protocol == "gemini-generate" else body["model"]
+    assert model == "lakera-guard"
+
+
+def test_ollama_ndjson_wire_format() -> None:
+    deny = build_deny("ollama-chat", TEXT, status=200, stream=True, model=MODEL)
+    lines = deny.body.decode("utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) == 3  # every line ends with LF
+    first, last = (json.loads(line) for line in lines[:2])
+    assert first["message"] == {"role": "assistant", "content": TEXT}
+    assert first["done"] is False
+    assert last["done"] is True and last["done_reason"] == "stop"
+    assert last["message"]["content"] == ""
+
+
+@pytest.mark.parametrize("text", ["", "x", "multi\nline\n\ntext\r\n", "data: [DONE]\n\n",
+                                  '{"done": true}\n'])
+@pytest.mark.parametrize(("protocol", "path", "stream", "reader"), NATIVE_CASES)
+def test_native_awkward_texts_survive(protocol: Protocol, path: str, stream: bool,
+                                      reader: NativeReader, text) -> None:
+    server = NativeServer(build_deny(protocol, text, status=200, stream=stream, model=MODEL,
+                                     path=path))
+    assert reader(server, MODEL) == (text, MODEL)

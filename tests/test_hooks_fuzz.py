@@ -27,7 +27,9 @@ from lakera_addon.guard_addon import LakeraGuard
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import LakeraGuardStandin
 
-PATHS = ["/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/embeddings", "/v1/x"]
+PATHS = ["/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/embeddings", "/v1/x",
+         "/v1beta/models/g:generateContent", "/v1beta/models/g:streamGenerateContent?alt=sse",
+         "/v1beta/models/g:streamGenerateContent", "/api/chat", "/api/generate"]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20)
@@ -35,7 +37,9 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.sampled_from(["role", "content", "type", "text", "messages", "input",
                                        "system", "instructions", "stream", "model",
-                                       "tool_result", "output", "choices", "delta"]),
+                                       "tool_result", "output", "choices", "delta",
+                                       "contents", "parts", "candidates", "functionResponse",
+                                       "finishReason", "prompt", "done", "response", "error"]),
                       children, max_size=5),
     max_leaves=20,
 )
@@ -49,6 +53,9 @@ request_bodies = st.one_of(
                            "stream": st.booleans()}).map(lambda v: json.dumps(v).encode()),
     st.fixed_dictionaries({"input": json_values, "instructions": json_values,
                            "stream": st.booleans()}).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"contents": st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "model", 3]), "parts": json_values}), max_size=3),
+        "systemInstruction": json_values}).map(lambda v: json.dumps(v).encode()),
 )
 sse_events = st.lists(st.tuples(
     st.sampled_from(["", "message_start", "content_block_delta", "message_stop", "error",
@@ -57,7 +64,10 @@ sse_events = st.lists(st.tuples(
 ), max_size=6).map(lambda events: "".join(
     (f"event: {name}\n" if name else "") + f"data: {data}\n\n" for name, data in events
 ).encode())
-response_bodies = st.one_of(st.binary(max_size=300), sse_events,
+ndjson_lines = st.lists(st.one_of(json_values.map(json.dumps), st.text(max_size=10)),
+                        max_size=6).map(lambda lines: "".join(f"{line}\n" for line in lines)
+                                        .encode())
+response_bodies = st.one_of(st.binary(max_size=300), sse_events, ndjson_lines,
                             json_values.map(lambda v: json.dumps(v).encode()))
 
 
@@ -143,7 +153,8 @@ async def run_flow(config: Path, path: str, body: bytes, status: int, content_ty
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(which=st.integers(0, 3), path=st.sampled_from(PATHS), body=request_bodies,
        status=st.sampled_from([200, 204, 302, 400, 500]),
-       content_type=st.sampled_from(["application/json", "text/event-stream", "text/plain"]),
+       content_type=st.sampled_from(["application/json", "text/event-stream", "text/plain",
+                                     "application/x-ndjson"]),
        answer=response_bodies, chunks=st.lists(st.integers(1, 50), max_size=8),
        cut=st.booleans())
 def test_hooks_never_raise(configs, which, path, body, status, content_type, answer, chunks,

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import httpx
+import ollama
 import openai
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import PII_TRIGGER
@@ -142,3 +148,180 @@ def test_lakera_key_and_broken_answers(lakera) -> None:
     started = time.monotonic()
     guard(lakera, "lakera-sleep-300")
     assert time.monotonic() - started >= 0.3
+
+
+# --- the native protocols: Gemini and Ollama ---------------------------------------------
+
+GEMINI = "/v1beta/models/gemini-test"
+
+
+def genai_client(llm: LLMUpstreamStandin, headers: dict[str, str]) -> genai.Client:
+    return genai.Client(api_key="x", http_options=genai_types.HttpOptions(
+        base_url=llm.url, api_version="v1beta", headers=headers,
+        client_args={"trust_env": False}))
+
+
+def native_text(llm: LLMUpstreamStandin, protocol: str, stream: bool,
+                headers: dict[str, str]) -> str:
+    if protocol == "gemini":
+        client = genai_client(llm, headers)
+        if stream:
+            return "".join(c.text or "" for c in client.models.generate_content_stream(
+                model="gemini-test", contents="hi"))
+        return client.models.generate_content(model="gemini-test", contents="hi").text or ""
+    client_o = ollama.Client(host=llm.url, headers=headers, trust_env=False)
+    if protocol == "ollama-chat":
+        messages = [{"role": "user", "content": "hi"}]
+        if stream:
+            return "".join(p.message.content or "" for p in client_o.chat(
+                model="m", messages=messages, stream=True))
+        return client_o.chat(model="m", messages=messages).message.content or ""
+    if stream:
+        return "".join(p.response or "" for p in client_o.generate(
+            model="m", prompt="hi", stream=True))
+    return client_o.generate(model="m", prompt="hi").response or ""
+
+
+@pytest.mark.parametrize("protocol", ["gemini", "ollama-chat", "ollama-generate"])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("mode", ["", "split", "crlf", "gzip", "br", "split,crlf,gzip"])
+def test_native_sdks_parse_every_mode(llm, protocol, stream, mode) -> None:
+    reply = "Grüezi, the answer is 42."
+    headers = {"x-standin-mode": mode,
+               "x-standin-reply-b64": base64.b64encode(reply.encode()).decode()}
+    assert native_text(llm, protocol, stream, headers) == reply
+    sent = llm.received[-1]
+    if protocol == "gemini":
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        assert sent["path"] == f"{GEMINI}:{method}"
+    else:
+        assert sent["path"] == f"/api/{protocol.removeprefix('ollama-')}"
+        assert sent["body"]["stream"] is stream
+
+
+def post(llm: LLMUpstreamStandin, path: str, body: dict[str, Any], mode: str = "",
+         ) -> httpx.Response:
+    return httpx.post(f"{llm.url}{path}", headers={"x-standin-mode": mode}, json=body,
+                      trust_env=False)
+
+
+def ending(response: httpx.Response) -> tuple[str, object]:
+    """What the last event / line / chunk of an answer says about its end."""
+    kind = response.headers["content-type"]
+    if kind.startswith("text/event-stream"):
+        datas = [line for line in response.text.splitlines() if line.startswith("data: ")]
+        last = json.loads(datas[-1].removeprefix("data: "))
+    elif kind.startswith("application/x-ndjson"):
+        last = json.loads(response.text.splitlines()[-1])
+    else:
+        document = response.json()
+        last = document[-1] if isinstance(document, list) else document
+    if "error" in last:
+        return ("error", last["error"])
+    if "candidates" in last:
+        return ("finishReason", last["candidates"][0].get("finishReason"))
+    return ("done", last["done"])
+
+
+GEMINI_ERROR = {"code": 500, "message": "The server had an error", "status": "INTERNAL"}
+OLLAMA_ERROR = "an error was encountered while running the model"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "mode", "content_type", "expected"),
+    [
+        (f"{GEMINI}:streamGenerateContent?alt=sse", {}, "", "text/event-stream",
+         ("finishReason", "STOP")),
+        (f"{GEMINI}:streamGenerateContent?alt=sse", {}, "truncate-clean", "text/event-stream",
+         ("finishReason", None)),
+        (f"{GEMINI}:streamGenerateContent?alt=sse", {}, "error-event", "text/event-stream",
+         ("error", GEMINI_ERROR)),
+        (f"{GEMINI}:streamGenerateContent", {}, "", "application/json", ("finishReason", "STOP")),
+        (f"{GEMINI}:streamGenerateContent", {}, "error-event", "application/json",
+         ("error", GEMINI_ERROR)),
+        (f"{GEMINI}:streamGenerateContent?alt=sse", {}, "json", "application/json",
+         ("finishReason", "STOP")),
+        ("/api/chat", {"model": "m"}, "", "application/x-ndjson", ("done", True)),
+        ("/api/chat", {"model": "m", "stream": True}, "truncate-clean", "application/x-ndjson",
+         ("done", False)),
+        ("/api/generate", {"model": "m"}, "error-event", "application/x-ndjson",
+         ("error", OLLAMA_ERROR)),
+        ("/api/generate", {"model": "m", "stream": False}, "", "application/json",
+         ("done", True)),
+        ("/api/chat", {"model": "m"}, "json", "application/json", ("done", True)),
+    ],
+)
+def test_native_stream_endings(llm, path, body, mode, content_type, expected) -> None:
+    response = post(llm, path, body, mode)
+    assert response.headers["content-type"].startswith(content_type)
+    assert ending(response) == expected
+
+
+def test_native_answers_parse(llm) -> None:
+    # Gemini without alt=sse: one JSON array of the chunks
+    chunks = post(llm, f"{GEMINI}:streamGenerateContent", {"contents": []}).json()
+    assert "".join(c["candidates"][0]["content"]["parts"][0]["text"] for c in chunks) == (
+        DEFAULT_REPLY)
+    assert "finishReason" in chunks[-1]["candidates"][0]
+    # Ollama streams by default: one JSON object per line, the last one done
+    lines = [json.loads(line) for line in post(
+        llm, "/api/chat", {"model": "m", "messages": []}).content.splitlines()]
+    assert "".join(line["message"]["content"] for line in lines) == DEFAULT_REPLY
+    assert [line["done"] for line in lines][-2:] == [False, True]
+    # malformed: a line (an event) that is not JSON
+    malformed = post(llm, "/api/chat", {"model": "m", "messages": []}, "malformed")
+    assert b"\n{not json\n" in malformed.content
+    malformed = post(llm, f"{GEMINI}:streamGenerateContent?alt=sse", {}, "malformed")
+    assert b"data: {not json\n\n" in malformed.content
+
+
+@pytest.mark.parametrize(("path", "error"), [
+    (f"{GEMINI}:generateContent", {"error": {"code": 503, "message": "stand-in status 503",
+                                             "status": "UNAVAILABLE"}}),
+    ("/api/chat", {"error": "stand-in status 503"}),
+    ("/api/generate", {"error": "stand-in status 503"}),
+])
+def test_native_status_errors(llm, path, error) -> None:
+    response = post(llm, path, {"contents": [], "messages": []}, "status=503")
+    assert response.status_code == 503
+    assert response.json() == error
+
+
+def test_native_status_errors_reach_the_sdks(llm) -> None:
+    headers = {"x-standin-mode": "status=429"}
+    with pytest.raises(genai_errors.ClientError) as gemini_raised:
+        native_text(llm, "gemini", True, headers)
+    assert (gemini_raised.value.code, gemini_raised.value.status) == (429, "RESOURCE_EXHAUSTED")
+    with pytest.raises(ollama.ResponseError) as ollama_raised:
+        native_text(llm, "ollama-chat", True, headers)
+    assert ollama_raised.value.status_code == 429
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_native_tools_mode_has_no_text(llm, stream) -> None:
+    headers = {"x-standin-mode": "tools"}
+    client = genai_client(llm, headers)
+    if stream:
+        chunks = list(client.models.generate_content_stream(model="g", contents="weather?"))
+        calls = [call for c in chunks for call in c.function_calls or []]
+    else:
+        answer = client.models.generate_content(model="g", contents="weather?")
+        calls = answer.function_calls or []
+        assert answer.text is None
+    assert [call.name for call in calls] == ["get_weather"]
+    client_o = ollama.Client(host=llm.url, headers=headers, trust_env=False)
+    messages = [{"role": "user", "content": "weather?"}]
+    if stream:
+        parts = list(client_o.chat(model="m", messages=messages, stream=True))
+        assert "".join(p.message.content or "" for p in parts) == ""
+        assert parts[0].message.tool_calls[0].function.name == "get_weather"
+    else:
+        message = client_o.chat(model="m", messages=messages).message
+        assert not message.content
+        assert message.tool_calls[0].function.arguments == {"city": "Zurich"}
+
+
+@pytest.mark.parametrize("path", [f"{GEMINI}:streamGenerateContent?alt=sse", "/api/chat"])
+def test_native_truncate_cuts_the_connection(llm, path) -> None:
+    with pytest.raises(httpx.RemoteProtocolError):
+        post(llm, path, {"contents": [], "messages": []}, "truncate")

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
             LLMUpstreamStandin(port=args.llm_port) as llm:
         lakera.delay_s = args.lakera_delay_ms / 1000
         print(f"Lakera Guard stand-in: {lakera.url}/v2/guard (key {args.lakera_key!r})")
-        print(f"LLM upstream stand-in: {llm.url} (OpenAI chat/responses, Anthropic messages)")
+        print(f"LLM upstream stand-in: {llm.url} (OpenAI chat/responses, Anthropic messages, "
+              "Gemini generateContent, Ollama /api/chat and /api/generate)")
         print("Ctrl-C stops them.", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()

@@ -1,7 +1,10 @@
 """A local stand-in for an LLM provider, for tests, the demo and the benchmark.
 
 It speaks OpenAI chat completions, OpenAI responses, Anthropic messages and OpenAI embeddings,
-JSON and SSE in the providers' real shapes, chosen by the path's ending. The answer's text is
+JSON and SSE in the providers' real shapes, chosen by the path's ending; and the native APIs of
+Gemini (`.../models/<model>:generateContent`, `:streamGenerateContent` as SSE with `?alt=sse`,
+else as one JSON array of the chunks, written chunk by chunk) and Ollama (`/api/chat`,
+`/api/generate`: NDJSON streamed unless the body says `"stream": false`). The answer's text is
 "Hello from the stand-in." unless the request sets it:
 
   x-standin-reply: <text>          (or x-standin-reply-b64: <base64 of UTF-8 text>)
@@ -19,8 +22,9 @@ JSON and SSE in the providers' real shapes, chosen by the path's ending. The ans
     repeat=<N>       the reply text N times over (long answers)
     gzip / br / zstd encode the body (streams: one compressed stream, flushed per event)
     badutf8          the reply's word BADUTF8 sent as the invalid UTF-8 bytes ff fe
-    malformed        a stream event whose data is not JSON
-    error-event      a stream that ends with the protocol's error event
+    malformed        a stream event whose data is not JSON (Ollama: a line that is not JSON)
+    error-event      a stream that ends with the protocol's error event (Gemini: an event with
+                     its error envelope; Ollama: an `{"error": ...}` line)
 
 It records every request in `received` as {method, path, headers, body} (body parsed as JSON
 when it is). A request body that is not JSON gets a 400, as a real provider answers.
@@ -283,12 +287,126 @@ def anthropic_stream(model: str, text: str, mode: Mode) -> Iterator[bytes]:
     yield event("message_stop")
 
 
+# --- Gemini generateContent / streamGenerateContent --------------------------------------
+
+_GEMINI_USAGE = {"promptTokenCount": 5, "candidatesTokenCount": 5, "totalTokenCount": 10}
+
+
+def _gemini_chunk(model: str, parts: list[dict[str, Any]], finish: str | None = None,
+                  usage: bool = False) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+    if finish:
+        candidate["finishReason"] = finish
+    chunk: dict[str, Any] = {"candidates": [candidate]}
+    if usage:
+        chunk["usageMetadata"] = _GEMINI_USAGE
+    chunk.update(modelVersion=model, responseId="standin-" + uuid.uuid4().hex[:12])
+    return chunk
+
+
+def _gemini_call_part() -> dict[str, Any]:
+    return {"functionCall": {"name": "get_weather", "args": {"city": "Zurich"}}}
+
+
+def gemini_json(model: str, text: str, mode: Mode) -> dict[str, Any]:
+    parts = [_gemini_call_part()] if mode.tools else [{"text": text}]
+    return _gemini_chunk(model, parts, "STOP", usage=True)
+
+
+def gemini_stream(model: str, text: str, mode: Mode, sse: bool) -> Iterator[bytes]:
+    """SSE events, or (without `alt=sse`) the pieces of one JSON array of the same chunks.
+    There is no terminal event: the last chunk carries the `finishReason`."""
+    count = 0
+
+    def frame(chunk: Any) -> bytes:
+        nonlocal count
+        count += 1
+        if sse:
+            return _sse(chunk)
+        data = chunk if isinstance(chunk, str) else json.dumps(chunk, separators=(",", ":"))
+        return ("[" if count == 1 else ",\r\n").encode() + data.encode()
+
+    if mode.tools:
+        yield frame(_gemini_chunk(model, [_gemini_call_part()]))
+    else:
+        for piece in _pieces(text):
+            yield frame(_gemini_chunk(model, [{"text": piece}]))
+    if mode.malformed:
+        yield frame("{not json")
+    if mode.error_event:
+        yield frame({"error": {"code": 500, "message": "The server had an error",
+                               "status": "INTERNAL"}})
+        if not sse:
+            yield b"]"
+        return
+    yield b"TERMINAL"
+    yield frame(_gemini_chunk(model, [{"text": ""}], "STOP", usage=True))
+    if not sse:
+        yield b"]"
+
+
+# --- Ollama /api/chat and /api/generate ---------------------------------------------------
+
+def _ollama_line(protocol: str, model: str, text: str, done: bool) -> dict[str, Any]:
+    line: dict[str, Any] = {"model": model, "created_at": "2025-01-01T00:00:00.000000Z"}
+    if protocol == "ollama-chat":
+        line["message"] = {"role": "assistant", "content": text}
+    else:
+        line["response"] = text
+    line["done"] = done
+    if done:
+        line.update(done_reason="stop", total_duration=1000, load_duration=10,
+                    prompt_eval_count=5, prompt_eval_duration=100, eval_count=5,
+                    eval_duration=500)
+        if protocol == "ollama-generate":
+            line["context"] = [1, 2, 3]
+    return line
+
+
+def ollama_json(protocol: str, model: str, text: str, mode: Mode) -> dict[str, Any]:
+    line = _ollama_line(protocol, model, text, True)
+    if mode.tools and protocol == "ollama-chat":
+        line["message"] = _OLLAMA_TOOL_CALL
+    return line
+
+
+_OLLAMA_TOOL_CALL = {"role": "assistant", "content": "", "tool_calls": [
+    {"function": {"name": "get_weather", "arguments": {"city": "Zurich"}}}]}
+
+
+def ollama_stream(protocol: str, model: str, text: str, mode: Mode) -> Iterator[bytes]:
+    def line(document: dict[str, Any]) -> bytes:
+        return json.dumps(document, separators=(",", ":")).encode() + b"\n"
+
+    if mode.tools and protocol == "ollama-chat":
+        yield line(_ollama_line(protocol, model, "", False) | {"message": _OLLAMA_TOOL_CALL})
+    else:
+        for piece in _pieces(text):
+            yield line(_ollama_line(protocol, model, piece, False))
+    if mode.malformed:
+        yield b"{not json\n"
+    if mode.error_event:
+        yield line({"error": "an error was encountered while running the model"})
+        return
+    yield b"TERMINAL"
+    yield line(_ollama_line(protocol, model, "", True))
+
+
 # --- the server ---------------------------------------------------------------------------
+
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                  429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+
 
 def _error_body(protocol: str, status: int) -> dict[str, Any]:
     if protocol == "anthropic":
         return {"type": "error", "error": {"type": "api_error",
                                            "message": f"stand-in status {status}"}}
+    if protocol == "gemini":
+        return {"error": {"code": status, "message": f"stand-in status {status}",
+                          "status": _GOOGLE_STATUS.get(status, "UNKNOWN")}}
+    if protocol.startswith("ollama"):
+        return {"error": f"stand-in status {status}"}
     return {"error": {"message": f"stand-in status {status}", "type": "server_error",
                       "param": None, "code": None}}
 
@@ -348,8 +466,12 @@ class LLMUpstreamStandin(BackgroundServer):
                                    "utf-8", "replace")})
         protocol = next((p for suffix, p in (
             ("/chat/completions", "chat"), ("/responses", "responses"),
-            ("/messages", "anthropic"), ("/embeddings", "embeddings"))
+            ("/messages", "anthropic"), ("/embeddings", "embeddings"),
+            ("/api/chat", "ollama-chat"), ("/api/generate", "ollama-generate"))
             if path.endswith(suffix)), None)
+        gemini_model, _, gemini_method = path.rsplit("/", 1)[-1].rpartition(":")
+        if gemini_model and gemini_method in ("generateContent", "streamGenerateContent"):
+            protocol = "gemini"
         if request.method != "POST" or protocol is None:
             out.send_json(404, {"error": {"message": "no such endpoint", "type": "not_found"}})
             return
@@ -364,8 +486,23 @@ class LLMUpstreamStandin(BackgroundServer):
         if mode.status:
             out.send_json(mode.status, _error_body(protocol, mode.status))
             return
-        model = str(body.get("model") or "standin-model")
+        model = str(body.get("model") or gemini_model or "standin-model")
         text = _reply_text(request, mode)
+        if protocol == "gemini":
+            if gemini_method == "generateContent" or mode.json:
+                self._send(out, mode, sent, gemini_json(model, text, mode))
+                return
+            sse = "alt=sse" in request.path.partition("?")[2].split("&")
+            self._stream(out, mode, sent, gemini_stream(model, text, mode, sse),
+                         None if sse else "application/json")
+            return
+        if protocol.startswith("ollama"):
+            if body.get("stream") is False or mode.json:
+                self._send(out, mode, sent, ollama_json(protocol, model, text, mode))
+                return
+            self._stream(out, mode, sent, ollama_stream(protocol, model, text, mode),
+                         "application/x-ndjson")
+            return
         if protocol == "embeddings":
             inputs = body.get("input")
             count = len(inputs) if isinstance(inputs, list) else 1
@@ -404,8 +541,9 @@ class LLMUpstreamStandin(BackgroundServer):
         out.send(200, headers, body)
 
     @staticmethod
-    def _stream(out: Writer, mode: Mode, sent: bytearray, events: Iterator[bytes]) -> None:
-        headers = {"content-type": "text/event-stream; charset=utf-8",
+    def _stream(out: Writer, mode: Mode, sent: bytearray, events: Iterator[bytes],
+                content_type: str | None = None) -> None:
+        headers = {"content-type": content_type or "text/event-stream; charset=utf-8",
                    "cache-control": "no-cache"}
         compressor = Compressor.make(mode)
         if compressor:
