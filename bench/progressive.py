@@ -16,10 +16,11 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import httpx
 
+from bench import shapes
 from bench.run import Standins
 from bench.run import log
 from bench.run import proxy
@@ -30,12 +31,13 @@ from lakera_addon.protocols import Protocol
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 
 DENY = "Response blocked by Lakera Guard"
-PROTOCOLS: dict[str, tuple[str, Protocol]] = {  # name: (path, protocol)
-    "openai-chat": ("/v1/chat/completions", "openai-chat"),
-    "openai-responses": ("/v1/responses", "openai-responses"),
-    "anthropic": ("/v1/messages", "anthropic-messages"),
-}
-ENDINGS = (b"[DONE]", b"response.incomplete", b"message_stop")
+# name: (path, protocol) of every protocol a progressive stream can be cut in
+PROTOCOLS: dict[str, tuple[str, Protocol]] = {
+    name: (shapes.path(name, True), cast(Protocol, protocol))
+    for name, protocol in shapes.PROTOCOLS.items()}
+# what the cut's ending carries after the deny text, per protocol
+ENDINGS = (b"[DONE]", b"response.incomplete", b"message_stop", b'"finishReason":"SAFETY"',
+           b'"done":true')
 
 
 def words(n: int, tag: str) -> str:
@@ -43,12 +45,7 @@ def words(n: int, tag: str) -> str:
 
 
 def body(name: str) -> bytes:
-    document: dict[str, Any] = {"model": "m", "stream": True, "max_tokens": 50}
-    if name == "openai-responses":
-        document["input"] = "hello"
-    else:
-        document["messages"] = [{"role": "user", "content": "hello"}]
-    return json.dumps(document).encode()
+    return json.dumps(shapes.body(name, 200, True)).encode()
 
 
 def stream_once(port: int, name: str, reply: str, pace_ms: int,
@@ -103,14 +100,16 @@ def first_token_rows(ports: Standins, workdir: Path, repeats: int) -> list[list[
     rows = []
     for variant in ("plain-stream", "pass-through", "progressive", "held"):
         with proxy(variant, ports, workdir) as (_, port):
-            firsts, lasts = [], []
-            for _ in range(repeats):
-                _, first, last = stream_once(port, "openai-chat", reply, 20, False)
-                firsts.append(first)
-                lasts.append(last)
-        rows.append([variant, f"{statistics.median(firsts):.0f}",
-                     f"{statistics.median(lasts):.0f}"])
-        log(f"first token {variant}: {statistics.median(firsts):.0f} ms")
+            for name in PROTOCOLS:
+                firsts, lasts = [], []
+                for _ in range(repeats):
+                    _, first, last = stream_once(port, name, reply, 20, False)
+                    firsts.append(first)
+                    lasts.append(last)
+                rows.append([name, variant, f"{statistics.median(firsts):.0f}",
+                             f"{statistics.median(lasts):.0f}"])
+                log(f"first token {name} {variant}: {statistics.median(firsts):.0f} ms")
+    rows.sort(key=lambda row: list(PROTOCOLS).index(row[0]))  # grouped by protocol
     return rows
 
 
@@ -123,13 +122,13 @@ def sections(workdir: Path, quick: bool) -> list[tuple[str, str]]:
         with standins(delay) as ports:
             leak += leak_rows(ports, workdir, paces, repeats)
             if delay == 300.0:
-                ttfb = first_token_rows(ports, workdir, 3)
+                ttfb = first_token_rows(ports, workdir, 1 if quick else 3)
     return [
         ("Progressive streams: text leaked per flagged stream (window_chars 1000; characters "
          "from the flagged phrase's first one on that reached the client before the ending)",
          table(["protocol", "Lakera delay", "pace (8-character words)", "median",
                 "max", "max ~words", "streams"], leak)),
-        ("Progressive streams: time to first byte / last byte, ms (openai-chat, 100 events "
-         "20 ms apart, Lakera 300 ms, c=1, median of 3)",
-         table(["scenario", "first byte", "last byte"], ttfb)),
+        ("Progressive streams: time to first byte / last byte, ms (100 events 20 ms apart, "
+         f"Lakera 300 ms, c=1, median of {1 if quick else 3})",
+         table(["protocol", "scenario", "first byte", "last byte"], ttfb)),
     ]

@@ -31,6 +31,7 @@ import httpx
 import yaml
 
 from bench import micro
+from bench import shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "lakera_addon" / "addon.py"
@@ -180,10 +181,13 @@ class Load:
     stream: bool
     conversation: int = 2_000  # request body bytes
     repeat: int = JSON_REPLY_REPEAT  # answer: the reply phrase this many times
+    protocol: str = "openai-chat"  # a name of bench.shapes.PROTOCOLS
 
     @property
     def kind(self) -> str:
-        return "sse" if self.stream else "json"
+        if not self.stream:
+            return "json"
+        return "ndjson" if self.protocol.startswith("ollama") else "sse"
 
 
 @dataclass
@@ -212,13 +216,14 @@ def _pct(values: list[float], q: float) -> float:
 
 def measure(variant: str, load: Load, concurrency: int, requests: int, ports: Standins,
             workdir: Path) -> Figures:
-    body = json.dumps(micro.conversation(load.conversation, load.stream))
+    body = json.dumps(shapes.body(load.protocol, load.conversation, load.stream))
     headers = {
         "x-standin-reply-b64": base64.b64encode(REPLY_PHRASE.encode()).decode(),
         "x-standin-mode": f"repeat={load.repeat}",
     }
     with proxy(variant, ports, workdir) as (pid, port):
-        spec = {"url": f"http://127.0.0.1:{port}{CHAT_PATH}", "body": body,
+        spec = {"url": f"http://127.0.0.1:{port}{shapes.path(load.protocol, load.stream)}",
+                "body": body,
                 "headers": headers, "concurrency": concurrency, "requests": requests,
                 "warmup": min(20, requests)}
         spec_path = workdir / "spec.json"
@@ -360,6 +365,8 @@ def _axis_value(f: Figures, axis: str | None) -> str:
         return _size(f.load.conversation)
     if axis == "stream":
         return _size(int(f.resp_kb * 1000))
+    if axis == "protocol":
+        return f.load.protocol
     return str(f.concurrency)
 
 
@@ -379,22 +386,28 @@ class Plan:
     streams: dict[int, int]  # target SSE bytes: requests
     stream_c: int
     concurrency: dict[int, int]  # concurrency: requests
+    protocol_requests: dict[str, int]  # json / streamed: requests per measurement
 
 
 FULL = Plan(rounds=2, main_c=10, main_requests={"json": 800, "sse": 300},
             conversations={1_000: 400, 10_000: 400, 100_000: 200, 1_000_000: 40}, conv_c=4,
             streams={1_000: 300, 100_000: 100, 1_000_000: 24, 10_000_000: 4}, stream_c=2,
-            concurrency={1: 100, 10: 400, 50: 400, 200: 600})
+            concurrency={1: 100, 10: 400, 50: 400, 200: 600},
+            protocol_requests={"json": 400, "stream": 150})
 QUICK = Plan(rounds=1, main_c=10, main_requests={"json": 200, "sse": 100},
              conversations={1_000: 100, 1_000_000: 10}, conv_c=4,
              streams={1_000: 100, 1_000_000: 8}, stream_c=2,
-             concurrency={1: 40, 50: 200})
+             concurrency={1: 40, 50: 200},
+             protocol_requests={"json": 100, "stream": 50})
 
 MAIN = [("plain", False), ("plain", True), ("plain-stream", True), ("no-route", False),
         ("no-route", True), ("input-scan", False), ("input-scan", True), ("held", True),
         ("pass-through", True), ("progressive", True), ("both", False),
         ("input-cached", False)]
 SSE_MAIN_REPEAT = 20  # ~64 KB of SSE: 320 events
+PROTOCOL_SCENARIOS = [("plain", False), ("input-scan", False), ("both", False), ("plain", True),
+                      ("held", True), ("plain-stream", True), ("pass-through", True),
+                      ("progressive", True)]
 
 
 def stream_repeat(target: int, ports: Standins) -> int:
@@ -425,7 +438,8 @@ class Bench:
         self.count += 1
         started = time.monotonic()
         f = measure(variant, load, concurrency, requests, self.ports, self.workdir)
-        log(f"{self.count:3d} {variant:<12} {load.kind} c={concurrency:<3} n={requests:<4} "
+        log(f"{self.count:3d} {variant:<12} {load.protocol:<16} {load.kind:<6} "
+            f"c={concurrency:<3} n={requests:<4} "
             f"resp={_num(f.resp_kb)} KB  {f.rps:7.1f} req/s  TTLB p50 {f.ttlb[0]:7.1f} ms  "
             f"CPU {f.cpu_per_1k:.2f} s/1k  RSS {f.peak_rss:.0f} MiB"
             f"{f'  {f.errors} ERRORS' if f.errors else ''}  ({time.monotonic() - started:.1f} s)")
@@ -459,6 +473,17 @@ class Bench:
             load = Load(True, repeat=stream_repeat(target, self.ports))
             for variant in ("plain", "held", "plain-stream", "pass-through", "progressive"):
                 out.append(self.run(variant, load, self.plan.stream_c, n))
+        return out
+
+    def protocol_axis(self) -> list[Figures]:
+        """Each protocol the addon reads, JSON and streamed, at the main table's concurrency."""
+        out = []
+        for name in shapes.PROTOCOLS:
+            for variant, stream in PROTOCOL_SCENARIOS:
+                load = Load(stream, repeat=SSE_MAIN_REPEAT if stream else JSON_REPLY_REPEAT,
+                            protocol=name)
+                n = self.plan.protocol_requests["stream" if stream else "json"]
+                out.append(self.run(variant, load, self.plan.main_c, n))
         return out
 
     def concurrency_axis(self) -> list[Figures]:
@@ -548,8 +573,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the Lakera stand-in's answer delay (default 20)")
     parser.add_argument("--only", action="append", choices=sorted(VARIANTS),
                         help="the main table for these scenarios only (plain always runs)")
-    parser.add_argument("--axes", default="conversation,stream,concurrency,micro,progressive",
-                        help="which growth tables: comma-separated subset of "
+    parser.add_argument("--axes",
+                        default="protocols,conversation,stream,concurrency,micro,progressive",
+                        help="which further tables: comma-separated subset of protocols,"
                              "conversation,stream,concurrency,micro,progressive, or 'none'")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin the proxy to one core and the rest to the others")
@@ -590,6 +616,12 @@ def main(argv: list[str] | None = None) -> int:
         section(f"Side by side (c={plan.main_c}, median of {plan.rounds} round(s))",
                 figures_table(main_results))
         section("Ratios addon / plain (same run)", ratio_table(main_results))
+        if "protocols" in axes:
+            results = bench.protocol_axis()
+            section(f"Protocols (c={plan.main_c}; JSON answers ~1 KB, streamed ~64 KB in 320 "
+                    "events; a 2 KB conversation)",
+                    figures_table(results, "protocol") + "\n\n"
+                    + ratio_table(results, "protocol"))
         if "conversation" in axes:
             results = bench.conversation_axis()
             section(f"Conversation size (json, c={plan.conv_c})",

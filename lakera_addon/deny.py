@@ -382,7 +382,11 @@ def _ollama_deny(
 # --- the ending of a progressive stream cut short --------------------------------------------
 
 CUT_SEPARATOR: Final = "\n\n"
-CUT_PROTOCOLS: Final = frozenset({"openai-chat", "anthropic-messages", "openai-responses"})
+CUT_PROTOCOLS: Final = frozenset({"openai-chat", "anthropic-messages", "openai-responses",
+                                  "gemini-generate", "ollama-chat", "ollama-generate"})
+# Ollama has no "filtered" done_reason of its own (it sends "stop", "length", "load", "unload");
+# its SDKs type the field as a plain string
+OLLAMA_CUT_REASON: Final = "content_filter"
 
 
 def cut_ending(
@@ -400,7 +404,11 @@ def cut_ending(
     - anthropic-messages: a `text_delta`, `content_block_stop`, `message_delta` with
       `stop_reason: "refusal"`, `message_stop`;
     - openai-responses: `response.output_text.delta`, then `response.incomplete` (reason
-      `content_filter`) and `[DONE]`.
+      `content_filter`) and `[DONE]`;
+    - gemini-generate (SSE): one more chunk with the text and `finishReason: "SAFETY"` (a
+      Gemini stream has no terminal event; the finish reason ends it);
+    - ollama-chat / ollama-generate (NDJSON): a line with the text, then the `done: true` line
+      with `done_reason: "content_filter"`.
     `last_event` is the payload of the last event that carried text (its ids and indices are
     reused); `sent_text` is the text the client already has (the incomplete response's output).
     """
@@ -448,4 +456,24 @@ def cut_ending(
             {"type": "response.incomplete", "response": response,
              "sequence_number": sequence + 1},
         ]) + _sse_data(["[DONE]"])
+    if protocol == "gemini-generate":
+        return _sse_data([_gemini_cut(last, delta, model_name)])
+    if protocol == "ollama-chat" or protocol == "ollama-generate":
+        model_name = str(last.get("model") or model_name)
+        lines = [_ollama_answer(protocol, delta, model_name, False),
+                 _ollama_answer(protocol, "", model_name, True)]
+        lines[1]["done_reason"] = OLLAMA_CUT_REASON
+        return "".join(_json(line) + "\n" for line in lines).encode("utf-8")
     raise ValueError(f"{protocol} streams cannot be cut")
+
+
+def _gemini_cut(last: Mapping[str, Any], delta: str, model: str) -> dict[str, Any]:
+    """The chunk that ends a Gemini stream cut short, with the ids of the last one."""
+    chunk = _gemini_response(delta, str(last.get("modelVersion") or model))
+    candidates = last.get("candidates")
+    first = candidates[0] if isinstance(candidates, list) and candidates else {}
+    index = first.get("index", 0) if isinstance(first, dict) else 0
+    chunk["candidates"][0].update(index=index, finishReason="SAFETY")
+    if last.get("responseId"):
+        chunk["responseId"] = last["responseId"]
+    return chunk

@@ -1,10 +1,10 @@
 """The stream function of a progressive stream (`stream_mode: progressive`).
 
-The answer stays live: every complete SSE event is forwarded as soon as it arrives, and the text
-assembled from them is screened in the background each time it has grown by `window_chars`,
-with at most one scan in flight, always on the newest text. When a scan flags, the addon calls
-`cut()`: from the next chunk on, nothing more of the upstream's answer is forwarded; the client
-gets the protocol's own ending instead (deny.cut_ending) and then nothing.
+The answer stays live: every complete SSE event (NDJSON line, for Ollama) is forwarded as soon
+as it arrives, and the text assembled from them is screened in the background each time it has
+grown by `window_chars`, with at most one scan in flight, always on the newest text. When a scan
+flags, the addon calls `cut()`: from the next chunk on, nothing more of the upstream's answer is
+forwarded; the client gets the protocol's own ending instead (deny.cut_ending) and then nothing.
 
 mitmproxy calls the stream function synchronously on its event loop for each chunk and once
 with b"" at the end (mitmproxy-addon-notes 1.1-1.3), and nothing calls it in between: a cut
@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable
 from typing import Final
 
+from lakera_addon import protocols
 from lakera_addon.assembly import StreamAssembler
 from lakera_addon.assembly import StreamResult
 from lakera_addon.protocols import Protocol
@@ -36,11 +37,16 @@ _Out = bytes | list[bytes]
 
 
 def last_event_end(data: bytes | bytearray) -> int:
-    """The offset just after the last complete event in `data`; 0 if none is complete."""
+    """The offset just after the last complete SSE event in `data`; 0 if none is complete."""
     end = 0
     for match in _EVENT_END.finditer(data):
         end = match.end()
     return end
+
+
+def last_line_end(data: bytes | bytearray) -> int:
+    """The offset just after the last complete NDJSON line in `data`; 0 if none is complete."""
+    return data.rfind(b"\n") + 1
 
 
 class ProgressiveTap:
@@ -58,6 +64,7 @@ class ProgressiveTap:
         on_window: Callable[[], None],
     ) -> None:
         self._assembler = StreamAssembler(protocol)
+        self._boundary = last_line_end if protocol in protocols.NDJSON else last_event_end
         self._max_bytes = max_bytes
         self._window = window_chars
         self._on_window = on_window
@@ -98,7 +105,7 @@ class ProgressiveTap:
             rest, self._pending = bytes(self._pending) + data, bytearray()
             return rest
         self._pending += data
-        end = last_event_end(self._pending)
+        end = self._boundary(self._pending)
         if not end:
             return []
         out = bytes(self._pending[:end])

@@ -13,6 +13,7 @@ from lakera_addon.assembly import assemble
 from lakera_addon.deny import cut_ending
 from lakera_addon.progressive_stream import ProgressiveTap
 from lakera_addon.progressive_stream import last_event_end
+from lakera_addon.progressive_stream import last_line_end
 from lakera_addon.standins import llm_upstream
 
 
@@ -88,15 +89,33 @@ def test_windows_are_asked_for_one_at_a_time_on_the_newest_text() -> None:
     assert asked == [12, 36]
 
 
-@pytest.mark.parametrize("protocol", ["openai-chat", "anthropic-messages", "openai-responses"])
-def test_after_a_cut_the_client_gets_the_ending_then_nothing(protocol) -> None:
-    text, mode = "one two three four", llm_upstream.Mode()
-    body = b"".join({
+def standin_events(protocol: str, text: str) -> list[bytes]:
+    """The stand-in's streamed answer in `protocol`, one SSE event (NDJSON line) a piece."""
+    mode = llm_upstream.Mode()
+    pieces = [piece for piece in {
         "openai-chat": lambda: llm_upstream.chat_stream("m", text, mode, False),
         "anthropic-messages": lambda: llm_upstream.anthropic_stream("m", text, mode),
         "openai-responses": lambda: llm_upstream.responses_stream("m", text, mode),
-    }[protocol]())
-    events = [e + b"\n\n" for e in body.split(b"\n\n") if e]
+        "gemini-generate": lambda: llm_upstream.gemini_stream("m", text, mode, sse=True),
+        "ollama-chat": lambda: llm_upstream.ollama_stream("ollama-chat", "m", text, mode),
+        "ollama-generate": lambda: llm_upstream.ollama_stream("ollama-generate", "m", text, mode),
+    }[protocol]() if piece != b"TERMINAL"]
+    body = b"".join(pieces).replace(b"\r\n", b"\n")
+    end = b"\n" if protocol.startswith("ollama") else b"\n\n"
+    return [e + end for e in body.split(end) if e]
+
+
+@pytest.mark.parametrize(("data", "end"), [
+    (b'{"a":1}\n{"b"', 8), (b'{"a":1}\r\n', 9), (b'{"a":1}', 0), (b"", 0), (b"\n\n", 2)])
+def test_last_line_end(data: bytes, end: int) -> None:
+    assert last_line_end(data) == end
+
+
+@pytest.mark.parametrize("protocol", ["openai-chat", "anthropic-messages", "openai-responses",
+                                      "gemini-generate", "ollama-chat", "ollama-generate"])
+def test_after_a_cut_the_client_gets_the_ending_then_nothing(protocol) -> None:
+    events = standin_events(protocol, "one two three four")
+    assert assemble(protocol, b"".join(events)).text == "one two three four"
     tap = ProgressiveTap(protocol, 1 << 20, 1, lambda: None)
     out = b""
     for event in events:
@@ -122,6 +141,28 @@ def test_a_cut_asked_for_after_the_last_chunk_goes_out_at_the_end() -> None:
     out = tap(b"")
     assert isinstance(out, bytes) and out.endswith(b"data: [DONE]\n\n")
     assert b"half-sent" not in out
+
+
+@given(st.lists(st.integers(min_value=1, max_value=30), max_size=30))
+def test_ndjson_lines_are_forwarded_whole_in_any_chunking(cuts: list[int]) -> None:
+    body = b"".join(standin_events("ollama-chat", " ".join(f"w{i}" for i in range(30))))
+    chunks, at = [], 0
+    for size in cuts:
+        if at < len(body):
+            chunks.append(body[at : at + size])
+            at += size
+    chunks.append(body[at:])
+    tap = ProgressiveTap("ollama-chat", 1 << 20, 10_000, lambda: None)
+    forwarded: list[bytes] = []
+    for chunk in [c for c in chunks if c]:
+        result = tap(chunk)
+        piece = result if isinstance(result, bytes) else b"".join(result)
+        assert piece == b"" or piece.endswith(b"\n")  # whole lines only
+        forwarded.append(piece)
+    end = tap(b"")
+    forwarded.append(end if isinstance(end, bytes) else b"".join(end))
+    assert b"".join(forwarded) == body
+    assert tap.result().complete and tap.text == assemble("ollama-chat", body).text
 
 
 def test_too_large_a_stream_is_forwarded_unread() -> None:

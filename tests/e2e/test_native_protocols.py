@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from typing import Any
 
@@ -354,19 +355,83 @@ def test_error_event_is_screened_and_passed_on(proxy: Proxy, kind) -> None:
     assert flagged_id not in flagged.text and RESPONSE_DENY in flagged.text
 
 
+def stream_live(proxy: Proxy, kind: str, route: str, test_id: str, reply: str,
+                mode: str) -> tuple[str, str | None, float | None, float]:
+    """Stream an answer through the SDK: (the text its caller got, the stream's ending
+    (Gemini's finish reason, Ollama's done_reason), seconds to the first text, to the end)."""
+    headers = standin_headers(test_id, reply, mode)
+    text, ending, first = "", None, None
+    started = time.perf_counter()
+
+    def add(piece: str | None) -> None:
+        nonlocal text, first
+        if piece:
+            first = first if first is not None else time.perf_counter() - started
+            text += piece
+
+    if kind == "gemini":
+        with gemini_client(proxy, route, headers) as gemini:
+            for chunk in gemini.models.generate_content_stream(model=MODEL,
+                                                                contents=f"hi {test_id}"):
+                add(chunk.text)
+                for candidate in chunk.candidates or []:
+                    if candidate.finish_reason is not None:
+                        ending = candidate.finish_reason.value
+    else:
+        with ollama_client(proxy, route, headers) as client:
+            parts: Any = (client.chat(model="llama-e2e", stream=True,
+                                      messages=[{"role": "user", "content": f"hi {test_id}"}])
+                          if kind == "ollama-chat" else
+                          client.generate(model="llama-e2e", prompt=f"hi {test_id}", stream=True))
+            for part in parts:
+                add(part.message.content if kind == "ollama-chat" else part.response)
+                if part.done:
+                    ending = part.done_reason
+    return text, ending, first, time.perf_counter() - started
+
+
+CUT_ENDING = {"gemini": "SAFETY", "ollama-chat": "content_filter",
+              "ollama-generate": "content_filter"}
+NORMAL_ENDING = {"gemini": "STOP", "ollama-chat": "stop", "ollama-generate": "stop"}
+TAIL = "TAIL-MARKER-END"
+
+
+def words(n: int, tag: str) -> str:
+    return "".join(f"{tag}{i} " for i in range(n))
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_progressive_route_holds_native_streams(proxy: Proxy, llm, kind) -> None:
-    """`stream_mode: progressive` cuts streams with the protocol's own ending, which the native
-    protocols do not have here: their streams are held, and a flagged one leaks nothing."""
+def test_progressive_stream_is_cut_in_the_protocols_shape(proxy: Proxy, llm, kind) -> None:
+    """`stream_mode: progressive`: the stream is live and a flagged window ends it with the
+    protocol's own ending (Gemini: a chunk with `finishReason: SAFETY`; Ollama: the `done` line
+    with `done_reason: content_filter`), which the SDK reads as an ordinary end."""
     test_id = new_id()
-    reply = "word " * 100 + f"{ATTACK_TRIGGER} {test_id}"
-    response = raw(proxy, "progressive", PATHS[kind, True], raw_body(kind, "hi", True), test_id,
-                   reply, "delay-ms=2")
-    assert test_id not in response.text and "word" not in response.text
-    assert RESPONSE_DENY in response.text
-    assert test_id.encode() in bytes(llm.sent[test_id])  # the upstream did send it
+    reply = f"{test_id} " + words(60, "before") + ATTACK_TRIGGER + " " + words(400, "after") + TAIL
+    text, ending, _, _ = stream_live(proxy, kind, "progressive", test_id, reply, "delay-ms=5")
+    assert ending == CUT_ENDING[kind]
+    assert text.endswith("\n\n" + RESPONSE_DENY) and TAIL not in text
+    leaked = text[: -len(RESPONSE_DENY) - 2]
+    assert leaked.startswith(f"{test_id} before0 ") and reply.startswith(leaked)
+    assert len(leaked) < len(reply) / 2
+    assert TAIL.encode() in bytes(llm.sent[test_id])  # the upstream did send it all
     record = verdict(proxy, test_id, "response", "flagged")
-    assert "cut" not in record["lakera"]["response"]
+    assert record["lakera"]["response"]["action"] == "blocked"
+    assert "progressive stream cut" in record["lakera"]["response"]["cut"]
+    assert record["marked"] == ":no_entry:"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_progressive_clean_stream_is_live_and_whole(proxy: Proxy, lakera, kind) -> None:
+    test_id = new_id()
+    reply = f"{test_id} " + words(80, "w") + TAIL
+    text, ending, first, ended = stream_live(proxy, kind, "progressive", test_id, reply,
+                                             "delay-ms=20")  # ~1.6 s of streaming
+    assert text == reply and ending == NORMAL_ENDING[kind]
+    assert first is not None and first < ended / 3, "the first text came long before the end"
+    record = verdict(proxy, test_id, "response", "clean")
+    assert record["marked"] in ("", None)
+    scans = answer_scans(lakera, test_id)
+    assert len(scans) >= 2 and scans[-1] == reply  # windows, then the whole answer
 
 
 @pytest.mark.parametrize(("mode", "reason"), [
