@@ -129,15 +129,16 @@ class StreamAssembler:
     """Feed the decoded bytes of a streamed answer (SSE, or NDJSON for Ollama's native API) in
     chunks; `finish()` gives its text."""
 
-    def __init__(self, protocol: Protocol) -> None:
+    def __init__(self, protocol: Protocol, candidates: int = 1) -> None:
         self._protocol = protocol
         self._parser = SSEParser()
         self._lines = NDJSONSplitter() if protocol in protocols.NDJSON else None
-        # gemini-generate: candidates seen without a finishReason yet, and whether the stream
-        # reached an end (a candidate finished, or the prompt was blocked)
+        # gemini-generate: how many candidates the request asked for (candidateCount), those
+        # seen without a finishReason yet, those finished, and whether the prompt was blocked
+        self._gemini_candidates = candidates
         self._gemini_open: set[int] = set()
         self._gemini_finished: set[int] = set()
-        self._gemini_ended = False
+        self._gemini_blocked = False
         self._pieces: dict[_Key, list[str]] = {}
         self._recognised = False
         self._terminated = False
@@ -155,8 +156,10 @@ class StreamAssembler:
     @property
     def terminated(self) -> bool:
         """The protocol's terminal event (or an error event) was seen; for Gemini, which has
-        none, every candidate seen has finished."""
-        return self._terminated or (self._gemini_ended and not self._gemini_open)
+        none, as many candidates as the request asked for have finished and none is still
+        open (or the prompt was blocked)."""
+        return self._terminated or self._gemini_blocked or (
+            not self._gemini_open and len(self._gemini_finished) >= self._gemini_candidates)
 
     @property
     def errored(self) -> bool:
@@ -230,12 +233,13 @@ class StreamAssembler:
         if self._terminated or self._failure is not None:
             return
         try:
-            _json(line)
+            payload = _json(line)
         except (ValueError, RecursionError):
             return
-        payload = self._payload(line)
-        if payload is not None:
-            self._handle(payload, "")
+        if not isinstance(payload, dict):
+            self._failure = NOT_OBJECT
+            return
+        self._handle(payload, "")
 
     def _handle(self, payload: dict[str, object], name: str) -> None:
         self._recognised = True
@@ -312,8 +316,8 @@ class StreamAssembler:
         self._gemini_finished |= finished
         self._gemini_open = (self._gemini_open | seen) - self._gemini_finished
         feedback = chunk.get("promptFeedback")
-        if finished or (isinstance(feedback, dict) and feedback.get("blockReason")):
-            self._gemini_ended = True
+        if isinstance(feedback, dict) and feedback.get("blockReason"):
+            self._gemini_blocked = True
 
     def _ollama(self, payload: dict[str, object]) -> None:
         if payload.get("error") is not None:
@@ -329,10 +333,10 @@ class StreamAssembler:
             self._terminated = True
 
 
-def assemble(protocol: Protocol, body: bytes) -> StreamResult:
+def assemble(protocol: Protocol, body: bytes, candidates: int = 1) -> StreamResult:
     """The assembled text of a whole streamed body. Fed in slices, so that the decoded text, its
     lines and its events exist for one slice at a time, not for the whole body at once."""
-    assembler = StreamAssembler(protocol)
+    assembler = StreamAssembler(protocol, candidates)
     view = memoryview(body)
     for at in range(0, len(body), _SLICE):
         assembler.feed(view[at : at + _SLICE])

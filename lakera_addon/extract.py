@@ -166,9 +166,16 @@ def _function_response_texts(value: object) -> list[str]:
     return [] if response is None else [_compact(response)]
 
 
+def _repeated(value: object) -> object:
+    """A repeated Gemini field: Google's REST API also takes a single object for a list of one
+    (its own docs send `"contents": {"parts": {"text": ...}}`)."""
+    return [value] if isinstance(value, dict) else value
+
+
 def _gemini_parts(parts: object) -> tuple[list[str], list[str]]:
     """(text of the text parts, text of the tool results: functionResponse and
     codeExecutionResult) of a Gemini `Content`'s parts. Function calls are the model's own."""
+    parts = _repeated(parts)
     if not isinstance(parts, list):
         return [], []
     texts: list[str] = []
@@ -197,7 +204,10 @@ def gemini_generate(body: dict[str, object]) -> list[Message]:
         _append(messages, "system", [system])
     elif isinstance(system, dict):
         _append(messages, "system", _gemini_parts(system.get("parts"))[0])
-    for item in _list_field(body, "contents", protocols.GEMINI_GENERATE):
+    contents = _repeated(body.get("contents"))
+    if not isinstance(contents, list):
+        raise BodyShapeError("gemini-generate body has no 'contents' list")
+    for item in contents:
         if not isinstance(item, dict):
             raise BodyShapeError("gemini-generate content is not an object")
         texts, tool_texts = _gemini_parts(item.get("parts"))
@@ -265,6 +275,18 @@ def request_streams(protocol: Protocol, body: dict[str, object], path: str = "")
     if protocol in protocols.NDJSON:
         return body.get("stream") is not False
     return body.get("stream") is True
+
+
+def request_candidates(protocol: Protocol, body: dict[str, object]) -> int:
+    """How many answers the request asks for at once: Gemini's `generationConfig.
+    candidateCount` (its streams have no terminal event: one is whole once that many
+    candidates finished); 1 otherwise."""
+    if protocol != protocols.GEMINI_GENERATE:
+        return 1
+    config = _field(body, "generationConfig", "generation_config")
+    count = _field(config, "candidateCount", "candidate_count") if isinstance(
+        config, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 1 else 1
 
 
 _STREAM_TRUE = re.compile(rb'(?<!\\)"stream"\s*:\s*true')

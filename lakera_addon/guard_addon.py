@@ -62,6 +62,7 @@ class FlowState:
     protocol: Protocol
     model: str | None
     streams: bool
+    candidates: int = 1  # answers asked for at once (Gemini's candidateCount)
     denied: bool = False
     tap: StreamTap | None = None
     live: ProgressiveTap | None = None  # stream_mode: progressive
@@ -271,6 +272,7 @@ class LakeraGuard:
             protocol,
             extract.request_model(body, flow.request.path),
             extract.request_streams(protocol, body, flow.request.path),
+            extract.request_candidates(protocol, body),
         )
         try:
             messages = extract.request_messages(protocol, body)
@@ -415,6 +417,7 @@ class LakeraGuard:
                 state.protocol,
                 flow.response.headers.get("content-encoding"),
                 state.settings.max_body_bytes,
+                state.candidates,
             )
             flow.response.stream = state.tap
         elif self._can_stay_live(flow.response, state):  # progressive: live, cut on a flag
@@ -423,6 +426,7 @@ class LakeraGuard:
                 state.settings.max_body_bytes,
                 state.settings.window_chars,
                 lambda: self._start_window_scan(flow, state),
+                state.candidates,
             )
             flow.response.stream = state.live
         else:  # held: mitmproxy buffers the body until the response hook has decided
@@ -545,6 +549,7 @@ class LakeraGuard:
             status=flow.response.status_code,
             stream=True,
             model=state.model,
+            path=flow.request.path,
         )
         headers = {**released.headers, "x-lakera-guard": "masked"}
         flow.response = http.Response.make(released.status, released.body, headers)
@@ -568,9 +573,10 @@ class LakeraGuard:
         except ValueError:
             return "", "response body cannot be decoded", None
         if routing.is_streamed_answer(flow.response.headers.get("content-type")):
-            result = (assembly.assemble(state.protocol, content)
+            result = (assembly.assemble(state.protocol, content, state.candidates)
                       if len(content) <= OFF_LOOP_BYTES
-                      else await _off_loop(assembly.assemble, state.protocol, content))
+                      else await _off_loop(assembly.assemble, state.protocol, content,
+                                           state.candidates))
             return (result.text, None, None) if result.complete else ("", result.reason, None)
         try:
             body = await _parse_json(content)

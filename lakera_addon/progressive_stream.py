@@ -62,8 +62,9 @@ class ProgressiveTap:
         max_bytes: int,
         window_chars: int,
         on_window: Callable[[], None],
+        candidates: int = 1,
     ) -> None:
-        self._assembler = StreamAssembler(protocol)
+        self._assembler = StreamAssembler(protocol, candidates)
         self._boundary = last_line_end if protocol in protocols.NDJSON else last_event_end
         self._max_bytes = max_bytes
         self._window = window_chars

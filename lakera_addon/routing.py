@@ -51,10 +51,14 @@ def gemini_sse(path: str) -> bool:
     return "sse" in (query.get("alt", []) + query.get("$alt", []))
 
 
-def _native_protocol(path: str) -> Protocol | None:
-    """The native protocols, told by their path alone."""
+def _native_protocol(path: str, body: dict[str, object] | None) -> Protocol | None:
+    """The native protocols, told by their path (`body` None: the path alone). `/api/chat` and
+    `/api/generate` are common names for a web app's own endpoints too: a body is Ollama's only
+    with the `model` Ollama requires (a chat UI's backend sends its own shape without one)."""
     if _gemini_call(path) is not None:
         return protocols.GEMINI_GENERATE
+    if body is not None and not isinstance(body.get("model"), str):
+        return None
     stripped = _path_only(path)
     if stripped.endswith("/api/chat"):
         return protocols.OLLAMA_CHAT
@@ -70,7 +74,7 @@ def detect_protocol(declared: str, path: str, body: dict[str, object]) -> Protoc
             if known == declared:
                 return known
         return None
-    native = _native_protocol(path)
+    native = _native_protocol(path, body)
     if native is not None:
         return native
     path = _path_only(path)
@@ -87,7 +91,7 @@ def detect_protocol(declared: str, path: str, body: dict[str, object]) -> Protoc
 
 def guess_protocol(path: str) -> Protocol:
     """The protocol a path suggests, for a deny when the body could not be read."""
-    native = _native_protocol(path)
+    native = _native_protocol(path, None)
     if native is not None:
         return native
     path = _path_only(path)

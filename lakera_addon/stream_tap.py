@@ -22,8 +22,9 @@ BATCH_BYTES = 32 * 1024
 class StreamTap:
     """Forwards a streamed response untouched and assembles its text on the side."""
 
-    def __init__(self, protocol: Protocol, content_encoding: str | None, max_bytes: int) -> None:
-        self._assembler = StreamAssembler(protocol)
+    def __init__(self, protocol: Protocol, content_encoding: str | None, max_bytes: int,
+                 candidates: int = 1) -> None:
+        self._assembler = StreamAssembler(protocol, candidates)
         self._max_bytes = max_bytes
         self._seen = 0
         self._batch = bytearray()  # decoded, not yet parsed

@@ -14,6 +14,7 @@ from lakera_addon.assembly import StreamAssembler
 from lakera_addon.assembly import StreamResult
 from lakera_addon.assembly import assemble
 from lakera_addon.assembly import response_text
+from lakera_addon.extract import request_candidates
 from lakera_addon.protocols import Protocol
 
 NO_EVENTS = "no recognisable events in the stream"
@@ -549,6 +550,34 @@ def test_gemini_text_so_far_and_terminated_as_candidates_finish() -> None:
     assert not assembler.terminated and assembler.text == "A\n\nB"
     assembler.feed(sse(g_chunk(g_cand({"text": "!"}, index=1, finish="STOP"))))
     assert assembler.finish() == StreamResult("A\n\nB!", True)
+
+
+@pytest.mark.parametrize(("asked", "chunks", "complete"), [
+    (2, [g_chunk(g_cand({"text": "A"}, finish="STOP"))], False),  # candidate 1 never came
+    (2, [g_chunk(g_cand({"text": "A"}, finish="STOP"),
+                 g_cand({"text": "B"}, index=1, finish="STOP"))], True),
+    (2, [(None, {"promptFeedback": {"blockReason": "SAFETY"}})], True),
+    (1, [g_chunk(g_cand({"text": "A"}, finish="STOP"))], True),
+])
+def test_gemini_stream_is_whole_once_every_candidate_asked_for_finished(
+        asked: int, chunks: list[tuple[None, dict[str, object]]], complete: bool) -> None:
+    """`generationConfig.candidateCount`: a stream cut after the first candidate finished,
+    before the next one's first chunk, is not whole."""
+    result = assemble(protocols.GEMINI_GENERATE, sse(*chunks), asked)
+    assert result.complete is complete, result
+
+
+@pytest.mark.parametrize(("body", "count"), [
+    ({"contents": [], "generationConfig": {"candidateCount": 3}}, 3),
+    ({"contents": [], "generation_config": {"candidate_count": 2}}, 2),
+    ({"contents": [], "generationConfig": {"candidateCount": 0}}, 1),
+    ({"contents": [], "generationConfig": {"candidateCount": True}}, 1),
+    ({"contents": [], "generationConfig": "x"}, 1),
+    ({"contents": []}, 1),
+])
+def test_request_candidates(body: dict[str, object], count: int) -> None:
+    assert request_candidates(protocols.GEMINI_GENERATE, body) == count
+    assert request_candidates(protocols.OPENAI_CHAT, {"n": 3, **body}) == 1
 
 
 def test_ollama_text_so_far() -> None:

@@ -213,3 +213,11 @@ def test_allow_hosts_of_preset_intercepts_exactly_its_hosts(name: str) -> None:
         port = urlsplit(url).port or 443
         intercepted = re.search(pattern, f"{host}:{port}", re.IGNORECASE) is not None
         assert intercepted == any(fnmatch.fnmatchcase(host, g) for g in globs), (name, url)
+
+
+@pytest.mark.parametrize("url", [url for name in ("openai", "gemini")
+                                 for url in PRESETS[name][1]])
+def test_builtin_defaults_screen_the_main_providers_urls(url: str) -> None:
+    """Without a file (SPEC section 1), the well-known providers are guarded, Gemini's native
+    API (google-genai) included: its host is intercepted either way."""
+    assert route_name(load_config(None, ENV), url) is not None
