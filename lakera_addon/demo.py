@@ -4,8 +4,9 @@ It needs no Lakera account and no internet. It starts two local stand-ins on loo
 upstream and a stand-in for Lakera Guard, which flags a few fixed phrases and is not a
 replacement for Lakera), starts `mitmdump` with the addon in front of the LLM stand-in, sends a
 clean prompt, an injected prompt and a prompt whose answer leaks a (test) card number through
-the proxy with the official `openai` and `anthropic` SDKs, streamed and not, and prints what
-each client received next to the verdict the proxy recorded on the flow.
+the proxy with the official `openai`, `anthropic`, `google-genai` and `ollama` SDKs, streamed
+and not, and prints what each client received next to the verdict the proxy recorded on the
+flow.
 
 It exits non-zero if any request did not end as expected, so CI can use it as a smoke test.
 With `--web` the proxy is mitmweb and keeps running afterwards until Ctrl-C.
@@ -98,7 +99,9 @@ CASES = (
         "response blocked: flagged (pii/credit_card)",
     ),
 )
-CLIENTS = ("openai chat", "openai responses", "anthropic messages")
+CLIENTS = ("openai chat", "openai responses", "anthropic messages", "gemini", "ollama chat")
+SDK_MODULES = {"openai": "openai", "anthropic": "anthropic", "google.genai": "google-genai",
+               "ollama": "ollama"}
 
 
 @dataclass(slots=True)
@@ -257,6 +260,31 @@ def run_proxy(
 # --- the requests --------------------------------------------------------------------------
 
 
+def send_native(client: str, stream: bool, prompt: str, headers: dict[str, str],
+                proxy_url: str) -> str:
+    """Send one prompt with Gemini's or Ollama's SDK, native protocol; the text received."""
+    import ollama
+    from google import genai
+    from google.genai import types
+
+    if client == "gemini":
+        options = types.HttpOptions(base_url=proxy_url, headers=headers, timeout=30_000,
+                                    client_args={"trust_env": False},
+                                    retry_options=types.HttpRetryOptions(attempts=1))
+        with genai.Client(api_key="gemini-demo", http_options=options) as gemini:
+            if stream:
+                return "".join(chunk.text or "" for chunk in gemini.models.generate_content_stream(
+                    model="gemini-2.5-flash", contents=prompt))
+            return gemini.models.generate_content(model="gemini-2.5-flash",
+                                                  contents=prompt).text or ""
+    with ollama.Client(host=proxy_url, headers=headers, timeout=30, trust_env=False) as local:
+        messages = [{"role": "user", "content": prompt}]
+        if stream:
+            return "".join(part.message.content or "" for part in local.chat(
+                model="llama3.2", messages=messages, stream=True))
+        return local.chat(model="llama3.2", messages=messages).message.content or ""
+
+
 def send(
     client: str,
     stream: bool,
@@ -265,7 +293,7 @@ def send(
     oa: openai.OpenAI,
     an: anthropic.Anthropic,
 ) -> str:
-    """Send one prompt with an official SDK; the text the client received."""
+    """Send one prompt with the openai or anthropic SDK; the text the client received."""
     import anthropic
 
     if client == "openai chat":
@@ -375,7 +403,10 @@ def run_requests(proxy: Proxy, observer: Path) -> list[Row]:
         for row in rows:
             headers = {DEMO_ID_HEADER: row.demo_id, "x-standin-reply": row.case.reply}
             try:
-                row.received = send(row.client, row.stream, row.case.prompt, headers, oa, an)
+                row.received = (
+                    send_native(row.client, row.stream, row.case.prompt, headers, proxy.url)
+                    if row.client in ("gemini", "ollama chat")
+                    else send(row.client, row.stream, row.case.prompt, headers, oa, an))
             except Exception as e:  # a failed row, shown in the table
                 row.received = f"error: {type(e).__name__}: {e}"
     # the observer writes a flow's record before its last byte reaches the client; wait anyway
@@ -436,8 +467,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="lakera-demo",
         description="Local end-to-end demo of lakera_addon: local stand-ins for an LLM and for "
         "Lakera Guard (no Lakera account, no internet), mitmdump with the addon, and the "
-        "official openai and anthropic SDKs as clients. Exits non-zero if any request does "
-        "not end as expected.",
+        "official openai, anthropic, google-genai and ollama SDKs as clients. Exits non-zero "
+        "if any request does not end as expected.",
     )
     parser.add_argument(
         "--web",
@@ -477,12 +508,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    for module in ("openai", "anthropic"):
+    for module, package in SDK_MODULES.items():
         try:
             __import__(module)
         except ImportError as e:
             raise DemoError(
-                f"the demo needs the {module} SDK: pip install 'lakera_addon[demo]' ({e})"
+                f"the demo needs the {package} SDK: pip install 'lakera_addon[demo]' ({e})"
             ) from e
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="lakera-demo-"))
@@ -495,7 +526,8 @@ def run(args: argparse.Namespace) -> int:
         say("starting stand-ins...")
         lakera = stack.enter_context(LakeraGuardStandin(api_key=LAKERA_KEY))
         llm = stack.enter_context(LLMUpstreamStandin())
-        say(f"  LLM upstream stand-in   {llm.url}  (answers in OpenAI/Anthropic shapes)")
+        say(f"  LLM upstream stand-in   {llm.url}  (answers in OpenAI, Anthropic, Gemini and "
+            "Ollama shapes)")
         say(f"  Lakera Guard stand-in   {lakera.url}/v2/guard")
         say("  NOTE: both are LOCAL STAND-INS for this demo, not Lakera and not a model. The")
         say(f"  Lakera stand-in flags only fixed phrases: {ATTACK_TRIGGER!r} (prompt_attack)")
@@ -508,8 +540,8 @@ def run(args: argparse.Namespace) -> int:
         say(f"  proxy {proxy.url} -> LLM stand-in; config {config}")
         say("  (direction both, action block, fail_open false)")
         count = len(CLIENTS) * 2 * len(CASES)
-        say(f"sending {count} requests through the proxy with the official openai and "
-            "anthropic SDKs...")
+        say(f"sending {count} requests through the proxy with the official openai, anthropic, "
+            "google-genai and ollama SDKs...")
         say()
         rows = run_requests(proxy, observer)
         print_table(rows)
