@@ -34,6 +34,22 @@ def feed(tap: ProgressiveTap, chunks: list[bytes]) -> bytes:
     return out
 
 
+def standin_events(protocol: str, text: str) -> list[bytes]:
+    """The stand-in's streamed answer in `protocol`, one SSE event (NDJSON line) a piece."""
+    mode = llm_upstream.Mode()
+    pieces = [piece for piece in {
+        "openai-chat": lambda: llm_upstream.chat_stream("m", text, mode, False),
+        "anthropic-messages": lambda: llm_upstream.anthropic_stream("m", text, mode),
+        "openai-responses": lambda: llm_upstream.responses_stream("m", text, mode),
+        "gemini-generate": lambda: llm_upstream.gemini_stream("m", text, mode, sse=True),
+        "ollama-chat": lambda: llm_upstream.ollama_stream("ollama-chat", "m", text, mode),
+        "ollama-generate": lambda: llm_upstream.ollama_stream("ollama-generate", "m", text, mode),
+    }[protocol]() if piece != b"TERMINAL"]
+    body = b"".join(pieces).replace(b"\r\n", b"\n")
+    end = b"\n" if protocol.startswith("ollama") else b"\n\n"
+    return [e + end for e in body.split(end) if e]
+
+
 @pytest.mark.parametrize(
     ("data", "end"),
     [
@@ -50,26 +66,29 @@ def test_last_event_end(data: bytes, end: int) -> None:
     assert last_event_end(data) == end
 
 
-@given(st.lists(st.integers(min_value=1, max_value=40), max_size=30))
-def test_any_chunking_forwards_the_same_bytes_in_whole_events(cuts: list[int]) -> None:
-    body = chat_stream([f"word{i} " for i in range(20)])
+@pytest.mark.parametrize("protocol", ["openai-chat", "ollama-chat"])  # SSE events, NDJSON lines
+@given(cuts=st.lists(st.integers(min_value=1, max_value=40), max_size=30))
+def test_any_chunking_forwards_the_same_bytes_in_whole_events(protocol: str,
+                                                              cuts: list[int]) -> None:
+    body = b"".join(standin_events(protocol, " ".join(f"word{i}" for i in range(20))))
     chunks, at = [], 0
     for size in cuts:
         if at < len(body):
             chunks.append(body[at : at + size])
             at += size
     chunks.append(body[at:])
-    tap = ProgressiveTap("openai-chat", 1 << 20, 10_000, lambda: None)
+    whole = last_line_end if protocol == "ollama-chat" else last_event_end
+    tap = ProgressiveTap(protocol, 1 << 20, 10_000, lambda: None)
     forwarded: list[bytes] = []
     for chunk in [c for c in chunks if c]:
         result = tap(chunk)
         piece = result if isinstance(result, bytes) else b"".join(result)
-        assert piece == b"" or last_event_end(piece) == len(piece)  # whole events only
+        assert piece == b"" or whole(piece) == len(piece)  # whole events (lines) only
         forwarded.append(piece)
     end = tap(b"")
     forwarded.append(end if isinstance(end, bytes) else b"".join(end))
     assert b"".join(forwarded) == body
-    assert tap.result().complete and tap.text == assemble("openai-chat", body).text
+    assert tap.result().complete and tap.text == assemble(protocol, body).text
 
 
 def test_windows_are_asked_for_one_at_a_time_on_the_newest_text() -> None:
@@ -87,22 +106,6 @@ def test_windows_are_asked_for_one_at_a_time_on_the_newest_text() -> None:
     assert asked == [12]
     tap(events[5] + b"\n\n")  # 36
     assert asked == [12, 36]
-
-
-def standin_events(protocol: str, text: str) -> list[bytes]:
-    """The stand-in's streamed answer in `protocol`, one SSE event (NDJSON line) a piece."""
-    mode = llm_upstream.Mode()
-    pieces = [piece for piece in {
-        "openai-chat": lambda: llm_upstream.chat_stream("m", text, mode, False),
-        "anthropic-messages": lambda: llm_upstream.anthropic_stream("m", text, mode),
-        "openai-responses": lambda: llm_upstream.responses_stream("m", text, mode),
-        "gemini-generate": lambda: llm_upstream.gemini_stream("m", text, mode, sse=True),
-        "ollama-chat": lambda: llm_upstream.ollama_stream("ollama-chat", "m", text, mode),
-        "ollama-generate": lambda: llm_upstream.ollama_stream("ollama-generate", "m", text, mode),
-    }[protocol]() if piece != b"TERMINAL"]
-    body = b"".join(pieces).replace(b"\r\n", b"\n")
-    end = b"\n" if protocol.startswith("ollama") else b"\n\n"
-    return [e + end for e in body.split(end) if e]
 
 
 @pytest.mark.parametrize(("data", "end"), [
@@ -141,28 +144,6 @@ def test_a_cut_asked_for_after_the_last_chunk_goes_out_at_the_end() -> None:
     out = tap(b"")
     assert isinstance(out, bytes) and out.endswith(b"data: [DONE]\n\n")
     assert b"half-sent" not in out
-
-
-@given(st.lists(st.integers(min_value=1, max_value=30), max_size=30))
-def test_ndjson_lines_are_forwarded_whole_in_any_chunking(cuts: list[int]) -> None:
-    body = b"".join(standin_events("ollama-chat", " ".join(f"w{i}" for i in range(30))))
-    chunks, at = [], 0
-    for size in cuts:
-        if at < len(body):
-            chunks.append(body[at : at + size])
-            at += size
-    chunks.append(body[at:])
-    tap = ProgressiveTap("ollama-chat", 1 << 20, 10_000, lambda: None)
-    forwarded: list[bytes] = []
-    for chunk in [c for c in chunks if c]:
-        result = tap(chunk)
-        piece = result if isinstance(result, bytes) else b"".join(result)
-        assert piece == b"" or piece.endswith(b"\n")  # whole lines only
-        forwarded.append(piece)
-    end = tap(b"")
-    forwarded.append(end if isinstance(end, bytes) else b"".join(end))
-    assert b"".join(forwarded) == body
-    assert tap.result().complete and tap.text == assemble("ollama-chat", body).text
 
 
 def test_too_large_a_stream_is_forwarded_unread() -> None:
