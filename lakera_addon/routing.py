@@ -108,13 +108,8 @@ def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def is_event_stream(content_type: str | None) -> bool:
-    """Whether a response's Content-Type is `text/event-stream` (SPEC section 5)."""
-    return _media_type(content_type) == "text/event-stream"
-
-
 def is_streamed_answer(content_type: str | None) -> bool:
     """Whether a response's Content-Type is a stream of events the addon assembles: SSE
-    (`text/event-stream`) or newline-delimited JSON (`application/x-ndjson`, Ollama's
-    native API). Anything else is screened as one JSON answer."""
+    (`text/event-stream`, SPEC section 5) or newline-delimited JSON (`application/x-ndjson`,
+    Ollama's native API). Anything else is screened as one JSON answer."""
     return _media_type(content_type) in _STREAMED_TYPES
