@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from typing import Any
 
 import anthropic
@@ -271,15 +272,21 @@ def timed_stream(client: openai.OpenAI, reply: str, mode: str) -> tuple[float, f
 def test_pass_through_adds_no_wait(clients: Clients, proxy: Proxy, lakera, llm) -> None:
     """With a Lakera that takes 2 s, a pass-through stream's first token and end come as they
     do straight from the upstream, and the verdict is logged afterwards."""
-    reply = f"one two three four five six seven eight {ATTACK_TRIGGER}"
+    def reply(run: str) -> str:
+        # a text of its own per stream: an answer Lakera screened before would be a cached
+        # verdict, not a 2 s Lakera call
+        tag = uuid.uuid4().hex[:8]
+        return f"one two three four five six seven eight {ATTACK_TRIGGER} {run}-{tag}"
+
     direct = openai.OpenAI(base_url=f"{llm.url}/v1", api_key="x", max_retries=0)
     fast = clients.make("shadow")
-    quick = [timed_stream(fast.openai, reply, "delay-ms=50") for _ in range(2)]
+    quick = [timed_stream(fast.openai, reply("quick"), "delay-ms=50") for _ in range(2)]
     lakera.delay_s = 2.0
     try:
-        plain = [timed_stream(direct, reply, "delay-ms=50") for _ in range(2)]
+        plain = [timed_stream(direct, reply("direct"), "delay-ms=50") for _ in range(2)]
         c = clients.make("shadow")
-        runs = [timed_stream(c.openai, reply, "delay-ms=50") for _ in range(2)]
+        last = reply("last")
+        runs = [timed_stream(c.openai, text, "delay-ms=50") for text in (reply("first"), last)]
     finally:
         lakera.delay_s = 0.0
         direct.close()
@@ -290,10 +297,11 @@ def test_pass_through_adds_no_wait(clients: Clients, proxy: Proxy, lakera, llm) 
           f"(direct {plain_first * 1000:.0f} ms), end {guarded[1] * 1000:.0f} ms "
           f"(direct {plain_end * 1000:.0f} ms); with an instant Lakera: first token "
           f"{min(q[0] for q in quick) * 1000:.0f} ms, end {min(q[1] for q in quick) * 1000:.0f} ms")
-    assert guarded[2] == reply
+    assert guarded[2] == last
     assert guarded[1] < 2.0, "the client waited for Lakera"
     record = response_verdict(proxy, c.id, "flagged")
     assert record["hook"] == "update" and record["marked"] == ":warning:"
+    assert not record["lakera"]["response"].get("cached")
 
 
 def test_pass_through_gzip_is_decoded_for_the_scan(clients: Clients, proxy: Proxy) -> None:
