@@ -618,8 +618,9 @@ def main(argv: list[str] | None = None) -> int:
         section("Ratios addon / plain (same run)", ratio_table(main_results))
         if "protocols" in axes:
             results = bench.protocol_axis()
-            section(f"Protocols (c={plan.main_c}; JSON answers ~1 KB, streamed ~64 KB in 320 "
-                    "events; a 2 KB conversation)",
+            section(f"Protocols (c={plan.main_c}; a 2 KB conversation; the answer ~1 KB of "
+                    "text, streamed as 320 events, 38-85 KB by protocol; 'SSE MB/s' is NDJSON "
+                    "MB/s for Ollama's streams)",
                     figures_table(results, "protocol") + "\n\n"
                     + ratio_table(results, "protocol"))
         if "conversation" in axes:

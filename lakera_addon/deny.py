@@ -373,10 +373,13 @@ def _ollama_deny(
     if not stream:
         return _response(status, _json_bytes(_ollama_answer(protocol, text, model, True)),
                          streamed=False)
-    lines = [_ollama_answer(protocol, text, model, False),
-             _ollama_answer(protocol, "", model, True)]
-    body = "".join(_json(line) + "\n" for line in lines).encode("utf-8")
+    body = _ndjson([_ollama_answer(protocol, text, model, False),
+                    _ollama_answer(protocol, "", model, True)])
     return _response(status, body, streamed=True, stream_type=NDJSON_CONTENT_TYPE)
+
+
+def _ndjson(lines: Iterable[Mapping[str, Any]]) -> bytes:
+    return "".join(_json(line) + "\n" for line in lines).encode("utf-8")
 
 
 # --- the ending of a progressive stream cut short --------------------------------------------
@@ -416,9 +419,7 @@ def cut_ending(
     model_name = model or DEFAULT_MODEL
     delta = CUT_SEPARATOR + text
     if protocol == "openai-chat":
-        choices = last.get("choices")
-        first = choices[0] if isinstance(choices, list) and choices else {}
-        index = first.get("index", 0) if isinstance(first, dict) else 0
+        index = _first_index(last.get("choices"))
         chunk = {
             "id": last.get("id") or _new_id("chatcmpl-"),
             "object": "chat.completion.chunk",
@@ -460,20 +461,27 @@ def cut_ending(
         return _sse_data([_gemini_cut(last, delta, model_name)])
     if protocol == "ollama-chat" or protocol == "ollama-generate":
         model_name = str(last.get("model") or model_name)
-        lines = [_ollama_answer(protocol, delta, model_name, False),
-                 _ollama_answer(protocol, "", model_name, True)]
-        lines[1]["done_reason"] = OLLAMA_CUT_REASON
-        return "".join(_json(line) + "\n" for line in lines).encode("utf-8")
+        # the done line without the counts and durations of a whole answer, which the addon
+        # does not know (zeros would be read as such)
+        done = {key: value for key, value in _ollama_answer(protocol, "", model_name, True).items()
+                if key in ("model", "created_at", "message", "response", "done")}
+        return _ndjson([_ollama_answer(protocol, delta, model_name, False),
+                        {**done, "done_reason": OLLAMA_CUT_REASON}])
     raise ValueError(f"{protocol} streams cannot be cut")
+
+
+def _first_index(items: object) -> object:
+    """The `index` of the first choice / candidate of an upstream event (0 if none)."""
+    first = items[0] if isinstance(items, list) and items else {}
+    return first.get("index", 0) if isinstance(first, dict) else 0
 
 
 def _gemini_cut(last: Mapping[str, Any], delta: str, model: str) -> dict[str, Any]:
     """The chunk that ends a Gemini stream cut short, with the ids of the last one."""
     chunk = _gemini_response(delta, str(last.get("modelVersion") or model))
-    candidates = last.get("candidates")
-    first = candidates[0] if isinstance(candidates, list) and candidates else {}
-    index = first.get("index", 0) if isinstance(first, dict) else 0
-    chunk["candidates"][0].update(index=index, finishReason="SAFETY")
+    chunk["candidates"][0].update(index=_first_index(last.get("candidates")),
+                                  finishReason="SAFETY")
+    del chunk["usageMetadata"]  # the answer's usage is not known: no zeros in its place
     if last.get("responseId"):
         chunk["responseId"] = last["responseId"]
     return chunk

@@ -286,7 +286,20 @@ def request_candidates(protocol: Protocol, body: dict[str, object]) -> int:
     config = _field(body, "generationConfig", "generation_config")
     count = _field(config, "candidateCount", "candidate_count") if isinstance(
         config, dict) else None
+    if isinstance(count, str) and count.isdecimal():  # proto3 JSON also takes "2"
+        count = int(count)
     return count if isinstance(count, int) and not isinstance(count, bool) and count > 1 else 1
+
+
+_CANDIDATE_COUNT = re.compile(rb'(?<!\\)"candidate(?:Count|_count)"\s*:\s*"?(\d{1,6})')
+
+
+def sniff_candidates(protocol: Protocol, raw: bytes) -> int:
+    """`request_candidates` for a body the addon does not parse (too large or too deep)."""
+    if protocol != protocols.GEMINI_GENERATE:
+        return 1
+    counts = [int(m.group(1)) for m in _CANDIDATE_COUNT.finditer(raw)]
+    return max([1, *counts])
 
 
 _STREAM_TRUE = re.compile(rb'(?<!\\)"stream"\s*:\s*true')

@@ -230,7 +230,8 @@ class LakeraGuard:
             reason = str(e) if raw is None else f"request body {e}"
             guessed_protocol = routing.guess_protocol(flow.request.path)
             guessed = FlowState(route, guessed_protocol, None, extract.sniff_streams(
-                guessed_protocol, flow.request.path, raw or b""))
+                guessed_protocol, flow.request.path, raw or b""),
+                extract.sniff_candidates(guessed_protocol, raw or b""))
             if settings.scans_input:
                 self._fail(flow, route, reason, guessed)
             if not guessed.denied and settings.scans_output:

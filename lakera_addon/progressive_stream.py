@@ -157,9 +157,12 @@ class ProgressiveTap:
         return False
 
     def cut(self, ending: bytes) -> None:
-        """A flag: the next call of the stream function sends `ending` instead of the chunk."""
+        """A flag: the next call of the stream function sends `ending` instead of the chunk.
+        Ignored once the stream has ended, or once its own ending has gone out (a verdict that
+        arrives between the upstream's last event and the end of its body): the client has the
+        whole answer, and an ending after it would be a second one."""
         self.in_flight = False
-        if not self.cut_sent and not self.ended:
+        if not self.cut_sent and not self.ended and not self._assembler.terminated:
             self._ending = ending
 
     @property

@@ -53,8 +53,9 @@ def gemini_sse(path: str) -> bool:
 
 def _native_protocol(path: str, body: dict[str, object] | None) -> Protocol | None:
     """The native protocols, told by their path (`body` None: the path alone). `/api/chat` and
-    `/api/generate` are common names for a web app's own endpoints too: a body is Ollama's only
-    with the `model` Ollama requires (a chat UI's backend sends its own shape without one)."""
+    `/api/generate` are common names for a web app's own endpoints too: a body is taken for
+    Ollama's first only with the `model` Ollama requires (a chat UI's backend often sends its own
+    shape without one); without it, only when no other rule matches (detect_protocol)."""
     if _gemini_call(path) is not None:
         return protocols.GEMINI_GENERATE
     if body is not None and not isinstance(body.get("model"), str):
@@ -86,7 +87,7 @@ def detect_protocol(declared: str, path: str, body: dict[str, object]) -> Protoc
         return protocols.OPENAI_CHAT
     if "input" in body:
         return protocols.OPENAI_EMBEDDINGS
-    return None
+    return _native_protocol(path, None)  # an Ollama path whose body names no model
 
 
 def guess_protocol(path: str) -> Protocol:

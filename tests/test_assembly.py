@@ -15,6 +15,7 @@ from lakera_addon.assembly import StreamResult
 from lakera_addon.assembly import assemble
 from lakera_addon.assembly import response_text
 from lakera_addon.extract import request_candidates
+from lakera_addon.extract import sniff_candidates
 from lakera_addon.protocols import Protocol
 
 NO_EVENTS = "no recognisable events in the stream"
@@ -571,6 +572,7 @@ def test_gemini_stream_is_whole_once_every_candidate_asked_for_finished(
     ({"contents": [], "generationConfig": {"candidateCount": 3}}, 3),
     ({"contents": [], "generation_config": {"candidate_count": 2}}, 2),
     ({"contents": [], "generationConfig": {"candidateCount": 0}}, 1),
+    ({"contents": [], "generationConfig": {"candidateCount": "2"}}, 2),  # proto3 JSON int32
     ({"contents": [], "generationConfig": {"candidateCount": True}}, 1),
     ({"contents": [], "generationConfig": "x"}, 1),
     ({"contents": []}, 1),
@@ -578,6 +580,14 @@ def test_gemini_stream_is_whole_once_every_candidate_asked_for_finished(
 def test_request_candidates(body: dict[str, object], count: int) -> None:
     assert request_candidates(protocols.GEMINI_GENERATE, body) == count
     assert request_candidates(protocols.OPENAI_CHAT, {"n": 3, **body}) == 1
+    raw = json.dumps(body).encode()  # the same read from a body too large to parse
+    assert sniff_candidates(protocols.GEMINI_GENERATE, raw) == count
+    assert sniff_candidates(protocols.OPENAI_CHAT, raw) == 1
+
+
+def test_a_candidate_count_inside_prompt_text_is_not_sniffed() -> None:
+    raw = json.dumps({"contents": [{"parts": [{"text": 'say "candidateCount": 9'}]}]}).encode()
+    assert sniff_candidates(protocols.GEMINI_GENERATE, raw) == 1
 
 
 def test_ollama_text_so_far() -> None:

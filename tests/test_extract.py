@@ -228,7 +228,7 @@ def test_wrong_shapes_raise(protocol, body) -> None:
         ("auto", "/api/generate", {"model": "m", "prompt": "x"}, protocols.OLLAMA_GENERATE),
         # a web app's own /api/chat (no `model`, which Ollama requires): the generic rules
         ("auto", "/api/chat", {"id": "c1", "messages": []}, protocols.OPENAI_CHAT),
-        ("auto", "/api/generate", {"prompt": "x"}, None),
+        ("auto", "/api/generate", {"prompt": "x"}, protocols.OLLAMA_GENERATE),  # still screened
         ("auto", "/api/chat", {"model": 3, "messages": []}, protocols.OPENAI_CHAT),
         ("auto", "/api/v1/chat", {"messages": []}, protocols.OPENAI_CHAT),  # not Ollama's
         ("gemini-generate", "/anything", {}, protocols.GEMINI_GENERATE),

@@ -151,3 +151,41 @@ def test_too_large_a_stream_is_forwarded_unread() -> None:
     body = chat_stream(["x" * 40, "y" * 40])
     assert feed(tap, [body[:30], body[30:]]) == body
     assert not tap.result().complete and "max_body_bytes" in (tap.result().reason or "")
+
+
+@pytest.mark.parametrize("protocol", ["openai-chat", "anthropic-messages", "openai-responses",
+                                      "gemini-generate", "ollama-chat", "ollama-generate"])
+def test_a_flag_after_the_streams_own_end_adds_no_second_ending(protocol) -> None:
+    """A window verdict that arrives after the upstream's last event but before the end of its
+    body: the client already has the whole answer and its ending; nothing is appended."""
+    events = standin_events(protocol, "one two three four")
+    tap = ProgressiveTap(protocol, 1 << 20, 1, lambda: None)
+    out = b"".join(piece if isinstance(piece, bytes) else b"".join(piece)
+                   for piece in map(tap, events))
+    tap.cut(cut_ending(protocol, "Blocked.", tap.last_text_event, "m", sent_text=tap.text))
+    end = tap(b"")
+    assert out + (end if isinstance(end, bytes) else b"".join(end)) == b"".join(events)
+    assert not tap.cutting and not tap.cut_sent
+    assert tap.result().complete
+
+
+def test_native_cut_endings_make_up_no_usage() -> None:
+    """The ending of a cut Gemini / Ollama stream carries the finish reason, the last chunk's
+    ids, and none of the token counts a whole answer would (the addon does not know them)."""
+    tap = ProgressiveTap("gemini-generate", 1 << 20, 1, lambda: None)
+    for event in standin_events("gemini-generate", "one two")[:1]:
+        tap(event)
+    last = tap.last_text_event
+    assert last is not None
+    ending = cut_ending("gemini-generate", "Blocked.", last, "m").decode()
+    assert ending.startswith("data: ") and ending.endswith("\n\n")
+    chunk = json.loads(ending.removeprefix("data: "))
+    assert chunk["candidates"][0]["finishReason"] == "SAFETY"
+    assert chunk["candidates"][0]["content"]["parts"] == [{"text": "\n\nBlocked."}]
+    assert chunk["responseId"] == last["responseId"] and "usageMetadata" not in chunk
+    lines = [json.loads(line) for line in cut_ending(
+        "ollama-chat", "Blocked.", {"model": "llama3.2"}, None).decode().splitlines()]
+    assert [line["done"] for line in lines] == [False, True]
+    assert lines[0]["message"]["content"] == "\n\nBlocked."
+    assert lines[1]["done_reason"] == "content_filter" and lines[1]["model"] == "llama3.2"
+    assert "eval_count" not in lines[1] and "total_duration" not in lines[1]
