@@ -16,7 +16,6 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import cast
 
 import httpx
 
@@ -33,8 +32,7 @@ from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 DENY = "Response blocked by Lakera Guard"
 # name: (path, protocol) of every protocol a progressive stream can be cut in
 PROTOCOLS: dict[str, tuple[str, Protocol]] = {
-    name: (shapes.path(name, True), cast(Protocol, protocol))
-    for name, protocol in shapes.PROTOCOLS.items()}
+    name: (shapes.path(name, True), protocol) for name, protocol in shapes.PROTOCOLS.items()}
 # what the cut's ending carries after the deny text, per protocol
 ENDINGS = (b"[DONE]", b"response.incomplete", b"message_stop", b'"finishReason":"SAFETY"',
            b'"done":true')

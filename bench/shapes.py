@@ -11,10 +11,11 @@ from typing import Any
 from typing import Final
 
 from bench import micro
+from lakera_addon.protocols import Protocol
 
 MODEL: Final = "bench-model"
 # name in the tables: the protocol the addon detects on its path
-PROTOCOLS: Final = {
+PROTOCOLS: Final[dict[str, Protocol]] = {
     "openai-chat": "openai-chat",
     "openai-responses": "openai-responses",
     "anthropic": "anthropic-messages",
