@@ -14,8 +14,8 @@ from lakera_addon import extract
 from lakera_addon import screen_budget
 from lakera_addon.configuration import Settings
 from lakera_addon.lakera_client import build_payload
-from lakera_addon.standins.llm_upstream import Mode
-from lakera_addon.standins.llm_upstream import chat_stream
+from lakera_addon.standins.llm_answers import Mode
+from lakera_addon.standins.llm_answers import chat_stream
 from lakera_addon.stream_tap import StreamTap
 
 WORDS = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "

@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 
 from bench import shapes
-from bench.run import Standins
-from bench.run import log
-from bench.run import proxy
-from bench.run import standins
-from bench.run import table
+from bench.processes import Standins
+from bench.processes import log
+from bench.processes import proxy
+from bench.processes import standins
+from bench.processes import table
 from lakera_addon.assembly import assemble
 from lakera_addon.protocols import Protocol
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER

@@ -14,165 +14,36 @@ import argparse
 import base64
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from bench import micro
 from bench import shapes
-
-ROOT = Path(__file__).resolve().parent.parent
-ADDON = ROOT / "lakera_addon" / "addon.py"
-MITMDUMP = Path(sys.executable).with_name("mitmdump")
-LISTENING = re.compile(r"listening at \S*:(\d+)")
-LAKERA_KEY = "bench-lakera-key"
-CHAT_PATH = "/v1/chat/completions"
-REPLY_PHRASE = micro.WORDS  # 16 words, 91 characters: one SSE event per word
-JSON_REPLY_REPEAT = 11  # a ~1 KB answer for non-streamed requests
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-# name: (addon configuration or None for plain mitmdump, extra mitmdump arguments)
-VARIANTS: dict[str, tuple[dict[str, Any] | None, tuple[str, ...]]] = {
-    "plain": (None, ()),
-    "plain-stream": (None, ("--set", "stream_large_bodies=1")),
-    "no-route": ({"routes": [{"name": "elsewhere", "hosts": ["api.example.invalid"]}]}, ()),
-    "input-scan": ({"direction": "input", "action": "block"}, ()),
-    "held": ({"direction": "output", "action": "block"}, ()),
-    "pass-through": ({"direction": "output", "action": "alert", "fail_open": True}, ()),
-    "progressive": ({"direction": "output", "action": "block", "stream_mode": "progressive"},
-                    ()),
-    # identical requests (a retry storm): every Lakera call after the first is a cache hit
-    "input-cached": ({"direction": "input", "action": "block", "verdict_cache_seconds": 300},
-                     ()),
-    "both": ({"direction": "both", "action": "block"}, ()),
-}
-# what each variant is compared with (plain mitmdump buffers a stream; plain-stream does not)
-BASELINES = {"pass-through": ("plain-stream", "plain"), "progressive": ("plain-stream", "plain"),
-             "plain-stream": ("plain",)}
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-# --- processes ------------------------------------------------------------------------------
-
-@dataclass
-class Standins:
-    lakera: int
-    llm: int
-    delay_ms: float
-
-
-@contextmanager
-def standins(delay_ms: float) -> Iterator[Standins]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.standins", "--lakera-key", LAKERA_KEY,
-         "--lakera-delay-ms", str(delay_ms)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, text=True)
-    pin(process.pid, proxy=False)
-    try:
-        assert process.stdout is not None
-        ports = json.loads(process.stdout.readline())
-        yield Standins(ports["lakera"], ports["llm"], delay_ms)
-    finally:
-        _end(process)
-
-
-def _end(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-PROXY_CPU: set[int] = set()  # the proxy's core when pinned; the other processes get the rest
-
-
-def pin(pid: int, proxy: bool) -> None:
-    if not PROXY_CPU:
-        return
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(pid, PROXY_CPU if proxy else (cpus - PROXY_CPU) or cpus)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def addon_config(variant: dict[str, Any], ports: Standins) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "api_key": LAKERA_KEY,
-        "lakera_endpoint": f"http://127.0.0.1:{ports.lakera}/v2/guard",
-        "timeout": 30000,
-        "max_body_bytes": 64 * 1024 * 1024,  # the 10 MB streams must fit (default 8 MiB)
-        "routes": [{"name": "bench", "hosts": ["127.0.0.1"]}],
-        # the load repeats one request: without this every call after the first would be a
-        # cache hit (the input-cached variant shows that case)
-        "verdict_cache_seconds": 0,
-    }
-    return {**config, **variant}
-
-
-@contextmanager
-def proxy(variant: str, ports: Standins, workdir: Path) -> Iterator[tuple[int, int]]:
-    """(pid, port) of a fresh mitmdump for `variant`."""
-    config, extra = VARIANTS[variant]
-    command = [str(MITMDUMP), "--mode", f"reverse:http://127.0.0.1:{ports.llm}@0",
-               "--listen-host", "127.0.0.1", "--set", f"confdir={workdir / 'confdir'}",
-               "--set", "connection_strategy=lazy", *extra]
-    if config is not None:
-        path = workdir / f"{variant}.yaml"
-        path.write_text(yaml.safe_dump(addon_config(config, ports)), encoding="utf-8")
-        command += ["-s", str(ADDON), "--set", f"lakera_config={path}"]
-    log_path = workdir / f"mitmdump-{variant}.log"
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    with open(log_path, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                   cwd=workdir)
-    pin(process.pid, proxy=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"mitmdump ({variant}) exited:\n{log_path.read_text()}")
-            match = LISTENING.search(log_path.read_text(errors="replace"))
-            if match:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mitmdump ({variant}) did not start")
-            time.sleep(0.02)
-        if config is not None and "lakera guard active" not in log_path.read_text():
-            time.sleep(0.2)
-        yield process.pid, int(match.group(1))
-    finally:
-        _end(process)
-
+from bench.processes import BASELINES
+from bench.processes import CHAT_PATH
+from bench.processes import JSON_REPLY_REPEAT
+from bench.processes import PROXY_CPU
+from bench.processes import REPLY_PHRASE
+from bench.processes import ROOT
+from bench.processes import VARIANTS
+from bench.processes import Standins
+from bench.processes import cpu_seconds
+from bench.processes import end_process
+from bench.processes import log
+from bench.processes import peak_rss_mib
+from bench.processes import pin
+from bench.processes import proxy
+from bench.processes import standins
+from bench.processes import table
 
 # --- workloads ------------------------------------------------------------------------------
 
@@ -243,7 +114,7 @@ def measure(variant: str, load: Load, concurrency: int, requests: int, ports: St
             result = json.loads(gen.stdout.readline())
             gen.wait(30)
         finally:
-            _end(gen)
+            end_process(gen)
         # background work after the last byte (a pass-through scan) is the proxy's cost too
         last = cpu_seconds(pid)
         for _ in range(20):
@@ -317,16 +188,6 @@ def _num(value: float | None) -> str:
     if abs(value) >= 10:
         return f"{value:.1f}"
     return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(c.rjust(w) if i else c.ljust(w)
-                              for i, (c, w) in enumerate(zip(r, widths, strict=True))) + " |"
-            for r in rows]
-    return "\n".join([line, rule, *body])
 
 
 def figures_table(results: list[Figures], axis: str | None = None) -> str:
@@ -641,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             section("Concurrency", figures_table(conc_results, "c") + "\n\n"
                     + ratio_table(conc_results, "c"))
     if "progressive" in axes:
-        from bench import progressive  # it imports this module
+        from bench import progressive
 
         with tempfile.TemporaryDirectory(prefix="lakera-bench-") as tmp:
             for title, text in progressive.sections(Path(tmp), args.quick):

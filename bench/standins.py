@@ -17,7 +17,7 @@ import re
 import sys
 from typing import Any
 
-from lakera_addon.standins import llm_upstream
+from lakera_addon.standins import llm_answers
 from lakera_addon.standins.lakera_guard import LakeraGuardStandin
 from lakera_addon.standins.llm_upstream import LLMUpstreamStandin
 
@@ -25,7 +25,7 @@ _PIECE = re.compile(r".[^ ]* |.+", re.DOTALL)
 
 
 def fast_pieces(text: str) -> list[str]:
-    """`llm_upstream._pieces`, in C: each piece ends with a space and is longer than one
+    """`llm_answers._pieces`, in C: each piece ends with a space and is longer than one
     character; the rest of the text is the last piece."""
     return _PIECE.findall(text) or [""]
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lakera-key", default="bench-lakera-key")
     parser.add_argument("--lakera-delay-ms", type=float, default=0.0)
     args = parser.parse_args(argv)
-    llm_upstream._pieces = fast_pieces
+    llm_answers._pieces = fast_pieces
     with LakeraGuardStandin(api_key=args.lakera_key) as lakera, LLMUpstreamStandin() as llm:
         lakera.delay_s = args.lakera_delay_ms / 1000
         lakera.received = _Discard()

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from lakera_addon import protocols
+from lakera_addon.failures import Failure
+from lakera_addon.failures import FailureKind
 from lakera_addon.ndjson import NDJSONSplitter
 from lakera_addon.protocols import Protocol
 from lakera_addon.sse_parser import SSEEvent
@@ -42,6 +44,7 @@ SEPARATOR: Final = "\n\n"
 
 NO_EVENTS: Final = "no recognisable events in the stream"
 NOT_TERMINATED: Final = "stream ended before its terminal event"
+UNFINISHED: Final = "stream did not end"  # the connection closed (upstream or client) early
 NOT_JSON: Final = "event data is not JSON"
 NOT_OBJECT: Final = "event data is not a JSON object"
 EMBEDDINGS: Final = "embeddings answers do not stream"
@@ -51,7 +54,7 @@ _RESPONSES_TERMINAL: Final = frozenset(
 )
 _RESPONSES_TEXT: Final = frozenset({"response.output_text.delta", "response.refusal.delta"})
 
-_Key = tuple[int, int]
+Key = tuple[int, int]
 
 # the C scanner json.loads uses (typeshed does not declare the attribute)
 _SCAN: Final[Callable[[str, int], tuple[object, int]]] = (
@@ -76,11 +79,24 @@ def _json(data: str) -> object:
 
 @dataclass(frozen=True, slots=True)
 class StreamResult:
-    """The assembled text of a stream; `reason` says why it is not complete."""
+    """The assembled text of a stream; `failure` says why it is not complete."""
 
     text: str
     complete: bool
-    reason: str | None = None
+    failure: Failure | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return self.failure.reason if self.failure else None
+
+    @property
+    def ended_early(self) -> bool:
+        """Closed (by the upstream or the client) before its end, rather than unreadable."""
+        return self.failure is not None and self.failure.kind == FailureKind.STREAM_INCOMPLETE
+
+
+def incomplete(kind: FailureKind, reason: str) -> StreamResult:
+    return StreamResult(text="", complete=False, failure=Failure(kind, reason))
 
 
 def _index(value: object) -> int:
@@ -90,7 +106,7 @@ def _index(value: object) -> int:
     return 0
 
 
-def _join(pieces: dict[_Key, list[str]]) -> str:
+def join_pieces(pieces: dict[Key, list[str]]) -> str:
     texts = ("".join(pieces[key]) for key in sorted(pieces))
     return SEPARATOR.join(text for text in texts if text)
 
@@ -103,7 +119,7 @@ def _gemini_texts(parts: object) -> list[str]:
             and isinstance(part.get("text"), str) and part.get("thought") is not True]
 
 
-def _gemini_chunk(pieces: dict[_Key, list[str]], chunk: object) -> tuple[set[int], set[int]]:
+def gemini_chunk(pieces: dict[Key, list[str]], chunk: object) -> tuple[set[int], set[int]]:
     """Add a GenerateContentResponse's texts to `pieces`, per candidate; (indices of the
     candidates it carries, indices of those with a finishReason)."""
     seen: set[int] = set()
@@ -139,7 +155,7 @@ class StreamAssembler:
         self._gemini_open: set[int] = set()
         self._gemini_finished: set[int] = set()
         self._gemini_blocked = False
-        self._pieces: dict[_Key, list[str]] = {}
+        self._pieces: dict[Key, list[str]] = {}
         self._recognised = False
         self._terminated = False
         self._errored = False
@@ -151,7 +167,7 @@ class StreamAssembler:
     @property
     def text(self) -> str:
         """The text assembled so far."""
-        return _join(self._pieces)
+        return join_pieces(self._pieces)
 
     @property
     def terminated(self) -> bool:
@@ -168,7 +184,7 @@ class StreamAssembler:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Parse one chunk of the (already content-decoded) body."""
-        if self._protocol == "openai-embeddings":
+        if self._protocol == protocols.OPENAI_EMBEDDINGS:
             return
         if self._lines is not None:
             for line in self._lines.feed(data):
@@ -185,28 +201,28 @@ class StreamAssembler:
 
     def finish(self) -> StreamResult:
         """End of stream: the result, complete only if the stream reached its end."""
-        if self._protocol == "openai-embeddings":
-            return StreamResult(text="", complete=False, reason=EMBEDDINGS)
+        if self._protocol == protocols.OPENAI_EMBEDDINGS:
+            return incomplete(FailureKind.STREAM_UNREADABLE, EMBEDDINGS)
         self._parser.finish()
         if self._lines is not None:
             for line in self._lines.finish():  # the last line, without its line end
                 self._last_line(line)
         if self._failure is not None:
-            return StreamResult(text="", complete=False, reason=self._failure)
+            return incomplete(FailureKind.STREAM_UNREADABLE, self._failure)
         if not self._recognised:
-            return StreamResult(text="", complete=False, reason=NO_EVENTS)
+            return incomplete(FailureKind.STREAM_UNREADABLE, NO_EVENTS)
         if not self.terminated:
-            return StreamResult(text="", complete=False, reason=NOT_TERMINATED)
+            return incomplete(FailureKind.STREAM_INCOMPLETE, NOT_TERMINATED)
         return StreamResult(text=self.text, complete=True)
 
-    def _add(self, key: _Key, text: object) -> None:
+    def _add(self, key: Key, text: object) -> None:
         if isinstance(text, str) and text:
             self._pieces.setdefault(key, []).append(text)
             self.chars += len(text)
 
     def _event(self, event: SSEEvent) -> None:
         data = event.data
-        if (self._protocol == "openai-chat" and not data.startswith("{")
+        if (self._protocol == protocols.OPENAI_CHAT and not data.startswith("{")
                 and data.strip() == "[DONE]"):
             self._recognised = True
             self._terminated = True
@@ -244,13 +260,13 @@ class StreamAssembler:
     def _handle(self, payload: dict[str, object], name: str) -> None:
         self._recognised = True
         before = self.chars
-        if self._protocol == "openai-chat":
+        if self._protocol == protocols.OPENAI_CHAT:
             self._openai_chat(payload)
-        elif self._protocol == "anthropic-messages":
+        elif self._protocol == protocols.ANTHROPIC_MESSAGES:
             self._anthropic(payload, name)
-        elif self._protocol == "openai-responses":
+        elif self._protocol == protocols.OPENAI_RESPONSES:
             self._responses(payload, name)
-        elif self._protocol == "gemini-generate":
+        elif self._protocol == protocols.GEMINI_GENERATE:
             self._gemini(payload)
         else:
             self._ollama(payload)
@@ -308,8 +324,8 @@ class StreamAssembler:
         if chunk.get("error") is not None:  # Gemini's error envelope, sent as an event
             self._error()
             return
-        pieces: dict[_Key, list[str]] = {}
-        seen, finished = _gemini_chunk(pieces, chunk)
+        pieces: dict[Key, list[str]] = {}
+        seen, finished = gemini_chunk(pieces, chunk)
         for key in sorted(pieces):
             for text in pieces[key]:
                 self._add(key, text)
@@ -323,7 +339,7 @@ class StreamAssembler:
         if payload.get("error") is not None:
             self._error()
             return
-        if self._protocol == "ollama-chat":
+        if self._protocol == protocols.OLLAMA_CHAT:
             message = payload.get("message")
             if isinstance(message, dict):
                 self._add((0, 0), message.get("content"))
@@ -341,73 +357,3 @@ def assemble(protocol: Protocol, body: bytes, candidates: int = 1) -> StreamResu
     for at in range(0, len(body), _SLICE):
         assembler.feed(view[at : at + _SLICE])
     return assembler.finish()
-
-
-def _texts_of_parts(parts: object, kinds: dict[str, str]) -> list[str]:
-    """Texts of a list of typed parts; `kinds` maps a part type to its text field."""
-    if not isinstance(parts, list):
-        return []
-    texts: list[str] = []
-    for part in parts:
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
-        field = kinds.get(kind) if isinstance(kind, str) else None
-        if field is None:
-            continue
-        text = part.get(field)
-        if isinstance(text, str) and text:
-            texts.append(text)
-    return texts
-
-
-_CHAT_PARTS: Final = {"text": "text", "output_text": "text"}
-_ANTHROPIC_BLOCKS: Final = {"text": "text"}
-_RESPONSES_PARTS: Final = {"output_text": "text", "refusal": "refusal"}
-
-
-def _gemini_response_text(body: object) -> str:
-    """A GenerateContentResponse, or the JSON array of chunks `streamGenerateContent` answers
-    without `alt=sse`: each candidate's texts concatenated across the chunks."""
-    pieces: dict[_Key, list[str]] = {}
-    for chunk in body if isinstance(body, list) else [body]:
-        _gemini_chunk(pieces, chunk)
-    return _join(pieces)
-
-
-def response_text(protocol: Protocol, body: object) -> str:
-    """The assistant's text of a non-streamed JSON answer; "" for any unexpected shape."""
-    if protocol == "gemini-generate":
-        return _gemini_response_text(body)
-    if not isinstance(body, dict):
-        return ""
-    texts: list[str] = []
-    if protocol == "openai-chat":
-        choices = body.get("choices")
-        for choice in choices if isinstance(choices, list) else []:
-            message = choice.get("message") if isinstance(choice, dict) else None
-            if not isinstance(message, dict):
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                if content:
-                    texts.append(content)
-            else:
-                texts.extend(_texts_of_parts(content, _CHAT_PARTS))
-    elif protocol == "anthropic-messages":
-        texts.extend(_texts_of_parts(body.get("content"), _ANTHROPIC_BLOCKS))
-    elif protocol == "openai-responses":
-        output = body.get("output")
-        for item in output if isinstance(output, list) else []:
-            if isinstance(item, dict) and item.get("type") == "message":
-                texts.extend(_texts_of_parts(item.get("content"), _RESPONSES_PARTS))
-    elif protocol == "ollama-chat":
-        message = body.get("message")
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str) and content:
-            texts.append(content)
-    elif protocol == "ollama-generate":
-        answer = body.get("response")
-        if isinstance(answer, str) and answer:
-            texts.append(answer)
-    return SEPARATOR.join(texts)

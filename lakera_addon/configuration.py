@@ -9,30 +9,29 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
-from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import replace
 from typing import Any
-from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
 
 from lakera_addon import protocols
-
-Direction = Literal["input", "output", "both"]
-Action = Literal["block", "alert"]
-DetectorAction = Literal["block", "alert", "mask"]
-InputScope = Literal["conversation", "latest"]
-StreamMode = Literal["held", "progressive"]
-FailMode = Literal["skip", "warn", "error"]
+from lakera_addon.config_values import PARSERS
+from lakera_addon.config_values import Action
+from lakera_addon.config_values import DetectorAction
+from lakera_addon.config_values import Direction
+from lakera_addon.config_values import FailMode
+from lakera_addon.config_values import InputScope
+from lakera_addon.config_values import StreamMode
+from lakera_addon.config_values import api_key
+from lakera_addon.config_values import shown_value
+from lakera_addon.config_values import string
 
 DEFAULT_ENDPOINT = "https://api.lakera.ai/v2/guard"
 API_KEY_ENV = "LAKERA_GUARD_API_KEY"
 BUILTIN_SOURCE = "<built-in defaults>"
-ENV_PREFIX = "$env://"
 
 
 class ConfigError(ValueError):
@@ -135,149 +134,7 @@ class Config:
         return None
 
 
-# --- value parsers: each returns the parsed value or raises ValueError("what is allowed") ---
-
-
-def _string(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("a non-empty string")
-    return value
-
-
-def _optional_string(value: object) -> str | None:
-    return None if value is None else _string(value)
-
-
-def _bool(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("true or false")
-    return value
-
-
-def _choice(*allowed: str) -> Callable[[object], str]:
-    def parse(value: object) -> str:
-        if value not in allowed:
-            raise ValueError(" or ".join(allowed))
-        assert isinstance(value, str)
-        return value
-
-    return parse
-
-
-def _int_range(low: int, high: int, unit: str = "") -> Callable[[object], int]:
-    def parse(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"an integer from {low} to {high}{unit}")
-        return value
-
-    return parse
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-_MAX_BODY_LIMIT = 1024**3
-
-
-def parse_size(value: object) -> int:
-    """Bytes from an integer or a size such as `8 MiB`, `512k`, `1m` (binary multiples)."""
-    allowed = "a size in bytes from 1 to 1 GiB, e.g. 8388608 or '8 MiB'"
-    if isinstance(value, bool):
-        raise ValueError(allowed)
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, str) and (m := _SIZE.match(value)):
-        size = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
-    else:
-        raise ValueError(allowed)
-    if not 1 <= size <= _MAX_BODY_LIMIT:
-        raise ValueError(allowed)
-    return size
-
-
-def _screen_size(value: object) -> int:
-    size = parse_size(value)
-    if size < 1024:
-        raise ValueError("a size in bytes from 1024 to 1 GiB, e.g. 128000 or '1 MiB'")
-    return size
-
-
-def _detector_actions(value: object) -> tuple[tuple[str, DetectorAction], ...]:
-    allowed = ("a mapping from detector-type globs to block, alert or mask, e.g. "
-               "{prompt_attack: block, 'pii/*': mask}")
-    if not isinstance(value, dict) or not value:
-        raise ValueError(allowed)
-    pairs: list[tuple[str, DetectorAction]] = []
-    for glob, action in value.items():
-        if not isinstance(glob, str) or not glob or action not in ("block", "alert", "mask"):
-            raise ValueError(allowed)
-        pairs.append((glob, action))
-    return tuple(pairs)
-
-
-def _deny_code(value: object) -> int:
-    code = _int_range(200, 599)(value)
-    if code in (204, 205, 304):  # statuses that cannot carry the refusal's body
-        raise ValueError("an HTTP status from 200 to 599 that has a body (not 204, 205, 304)")
-    return code
-
-
-def _endpoint(value: object) -> str:
-    allowed = "an http:// or https:// URL"
-    if not isinstance(value, str):
-        raise ValueError(allowed)
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # raises for a port out of range or not a number
-    except ValueError:
-        raise ValueError(allowed) from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
-        raise ValueError(allowed)
-    return value
-
-
-_HEADER_SAFE = re.compile(r"[!-~]+")
-
-
-def _api_key(value: object, environ: Mapping[str, str]) -> str | None:
-    if value is None:
-        return None
-    allowed = f"a non-empty string or {ENV_PREFIX}NAME of a set environment variable"
-    if not isinstance(value, str) or not value:
-        raise ValueError(allowed)
-    if value.startswith(ENV_PREFIX):
-        name = value[len(ENV_PREFIX) :]
-        resolved = environ.get(name)
-        if not name or not resolved:
-            raise ValueError(f"{allowed} ({value} is not set)")
-        value = resolved
-    if not _HEADER_SAFE.fullmatch(value):  # it goes into an HTTP header; never echo it
-        raise ValueError("printable ASCII without spaces (a pasted key with a typographic "
-                         "quote or a line break?)")
-    return value
-
-
-_PARSERS: dict[str, Callable[[object], Any]] = {
-    "lakera_endpoint": _endpoint,
-    "project_id": _optional_string,
-    "direction": _choice("input", "output", "both"),
-    "action": _choice("block", "alert"),
-    "fail_open": _bool,
-    "timeout": _int_range(1, 600_000, " milliseconds"),
-    "ssl_verify": _bool,
-    "deny_code": _deny_code,
-    "request_failure_message": _string,
-    "response_failure_message": _string,
-    "reveal_failure_categories": _bool,
-    "fail_mode": _choice("skip", "warn", "error"),
-    "max_body_bytes": parse_size,
-    "max_screen_bytes": _screen_size,
-    "input_scope": _choice("conversation", "latest"),
-    "stream_mode": _choice("held", "progressive"),
-    "window_chars": _int_range(100, 1_000_000, " characters"),
-    "verdict_cache_seconds": _int_range(0, 86_400, " seconds (0: no cache)"),
-    "detector_actions": _detector_actions,
-}
-SETTING_KEYS = frozenset(_PARSERS) | {"api_key"}
+SETTING_KEYS = frozenset(PARSERS) | {"api_key"}
 ROUTE_KEYS = frozenset({"name", "hosts", "paths", "protocol"})
 PROTOCOL_CHOICES = ("auto", *protocols.ALL)
 
@@ -309,6 +166,11 @@ def _fail(source: str, key: str, allowed: str) -> ConfigError:
     return ConfigError(f"{source}: {key}: {allowed}")
 
 
+def _bad(value: object, allowed: object) -> str:
+    """`<value> is not allowed; must be <what is allowed>`."""
+    return f"{shown_value(value)} is not allowed; must be {allowed}"
+
+
 def _parse_settings(
     raw: Mapping[str, Any], base: Settings, where: str, environ: Mapping[str, str]
 ) -> Settings:
@@ -318,11 +180,13 @@ def _parse_settings(
             continue
         try:
             if key == "api_key":
-                changes[key] = _api_key(value, environ)
+                changes[key] = api_key(value, environ)
             else:
-                changes[key] = _PARSERS[key](value)
-        except ValueError as e:
-            raise _fail(where, key, f"must be {e}") from e
+                changes[key] = PARSERS[key](value)
+        except ValueError as e:  # the value is named, except the key's (never echoed)
+            if key == "api_key":  # never echoed
+                raise _fail(where, key, f"must be {e}") from e
+            raise _fail(where, key, _bad(value, e)) from e
     return replace(base, **changes)
 
 
@@ -343,9 +207,9 @@ def _parse_route(
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping with name, hosts and optional paths")
     try:
-        name = _string(raw.get("name"))
+        name = string(raw.get("name"))
     except ValueError as e:
-        raise _fail(where, "name", f"must be {e}") from e
+        raise _fail(where, "name", _bad(raw.get("name"), e)) from e
     where = f"{source}: routes[{index}] ({name})"
     unknown = sorted(str(k) for k in raw if k not in ROUTE_KEYS | SETTING_KEYS)
     if unknown:
@@ -353,19 +217,19 @@ def _parse_route(
     try:
         hosts = tuple(h.lower() for h in _string_list(raw.get("hosts"), "host globs"))
     except ValueError as e:
-        raise _fail(where, "hosts", f"must be {e}") from e
+        raise _fail(where, "hosts", _bad(raw.get("hosts"), e)) from e
     paths: tuple[str, ...] = ()
     if raw.get("paths") is not None:
         try:
             paths = _string_list(raw["paths"], "path globs")
         except ValueError as e:
-            raise _fail(where, "paths", f"must be {e}") from e
+            raise _fail(where, "paths", _bad(raw["paths"], e)) from e
         bad = [p for p in paths if not p.startswith(("/", "*"))]
         if bad:
             raise _fail(where, "paths", f"globs must start with / or * (got {bad[0]!r})")
     protocol = raw.get("protocol", "auto")
     if protocol not in PROTOCOL_CHOICES:
-        raise _fail(where, "protocol", "must be " + ", ".join(PROTOCOL_CHOICES))
+        raise _fail(where, "protocol", _bad(protocol, ", ".join(PROTOCOL_CHOICES)))
     settings = _parse_settings(raw, base, where, environ)
     return Route(name, hosts, paths, protocol, settings)
 

@@ -14,12 +14,10 @@ from collections.abc import Callable
 import brotli
 import zstandard
 
+from lakera_addon.failures import TooLarge
+
 Decoder = Callable[[bytes], bytes]
 _SLICE = 16 * 1024  # input per step: bounds the output of one step (deflate expands <= ~1032x)
-
-
-class TooLarge(ValueError):
-    """The decoded body is larger than the limit."""
 
 
 def _inflater() -> Decoder:
@@ -84,13 +82,11 @@ def decode_bounded(raw: bytes, content_encoding: str | None, limit: int) -> byte
             raise TooLarge(f"larger than max_body_bytes ({limit} bytes)")
         return raw
     out = bytearray()
-    try:
-        for at in range(0, len(raw), _SLICE):
+    for at in range(0, len(raw), _SLICE):
+        try:
             out += decode(raw[at : at + _SLICE])
-            if len(out) > limit:
-                raise TooLarge(f"larger than max_body_bytes ({limit} bytes) once decoded")
-    except TooLarge:
-        raise
-    except Exception as e:  # zlib.error, brotli.error, zstd errors
-        raise ValueError(f"cannot decode {content_encoding}: {type(e).__name__}") from e
+        except Exception as e:  # zlib.error, brotli.error, zstd errors
+            raise ValueError(f"cannot decode {content_encoding}: {type(e).__name__}") from e
+        if len(out) > limit:
+            raise TooLarge(f"larger than max_body_bytes ({limit} bytes) once decoded")
     return bytes(out)

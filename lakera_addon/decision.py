@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lakera_addon.configuration import Settings
-from lakera_addon.lakera_client import Verdict
+from lakera_addon.failures import Failure
+from lakera_addon.failures import FailureKind
+from lakera_addon.verdict import Verdict
 
 Side = Literal["request", "response"]
 Outcome = Literal["clean", "flagged", "failure", "unscanned"]
@@ -18,11 +20,12 @@ class Decision:
     deny: bool
     reason: str | None = None  # for failures and unscanned flows: why, without any content
     mask: bool = False  # flagged, and the strictest action of its detectors is `mask`
+    kind: FailureKind | None = None  # for failures: what kind (stats and audit read it)
 
 
 def decide(verdict: Verdict, settings: Settings) -> Decision:
     if verdict.failure is not None:
-        return Decision("failure", deny=not settings.fail_open, reason=verdict.failure)
+        return decide_failure(verdict.failure, settings)
     if verdict.flagged:
         action = strictest_action(verdict, settings)
         return Decision("flagged", deny=action == "block", mask=action == "mask")
@@ -39,9 +42,11 @@ def strictest_action(verdict: Verdict, settings: Settings) -> str:
     return max(actions or [settings.action], key=_STRICTNESS.__getitem__)
 
 
-def decide_failure(reason: str, settings: Settings) -> Decision:
-    """A failure found by the addon itself (a body it cannot screen, too large, cut short)."""
-    return Decision("failure", deny=not settings.fail_open, reason=reason)
+def decide_failure(failure: Failure, settings: Settings) -> Decision:
+    """A failure: Lakera's, or the addon's own (a body it cannot screen, too large, cut short).
+    `fail_open` decides, whatever the action (SPEC section 5)."""
+    return Decision("failure", deny=not settings.fail_open, reason=failure.reason,
+                    kind=failure.kind)
 
 
 def _categories(verdict: Verdict) -> str:

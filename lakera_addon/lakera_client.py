@@ -17,50 +17,19 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from dataclasses import field
 from typing import Any
 
 import aiohttp
 
 from lakera_addon.configuration import Settings
 from lakera_addon.extract import Message
+from lakera_addon.failures import Failure
+from lakera_addon.failures import FailureKind
+from lakera_addon.failures import lakera_status
+from lakera_addon.verdict import Verdict
+from lakera_addon.verdict import merge
 from lakera_addon.verdict_cache import VerdictCache
 from lakera_addon.verdict_cache import cache_key
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What one Lakera call established. Exactly one of `flagged`/`failure` is meaningful:
-    `failure` is set (and `flagged` False) when Lakera could not give a verdict."""
-
-    flagged: bool
-    failure: str | None = None
-    detector_types: tuple[str, ...] = ()
-    breakdown: tuple[dict[str, Any], ...] = field(default=(), repr=False)
-    request_uuid: str | None = None
-    latency_ms: float = 0.0
-    # Lakera's `payload` (asked for only when masking is configured): the spans it found
-    payload: tuple[dict[str, Any], ...] = field(default=(), repr=False)
-    cached: bool = False  # reused from an identical call (verdict_cache), Lakera not asked
-
-
-def merge(verdicts: Sequence[Verdict]) -> Verdict:
-    """One verdict for a text screened in parts: a failure if any part failed, else flagged if
-    any part was flagged; detector types and breakdowns of all parts."""
-    failed = next((v for v in verdicts if v.failure is not None), None)
-    latency = max((v.latency_ms for v in verdicts), default=0.0)
-    if failed is not None:
-        return Verdict(False, failure=failed.failure, latency_ms=latency)
-    types = tuple(dict.fromkeys(t for v in verdicts for t in v.detector_types))
-    flagged = next((v for v in verdicts if v.flagged), None)
-    return Verdict(
-        flagged is not None,
-        detector_types=types,
-        breakdown=tuple(e for v in verdicts for e in v.breakdown),
-        request_uuid=(flagged or verdicts[0]).request_uuid if verdicts else None,
-        latency_ms=latency,
-    )
 
 
 def build_payload(settings: Settings, messages: Sequence[Message]) -> dict[str, Any]:
@@ -87,19 +56,23 @@ def _detected(breakdown: object) -> tuple[tuple[dict[str, Any], ...], tuple[str,
 def classify(status: int, body: bytes, latency_ms: float) -> Verdict:
     """Turn Lakera's HTTP answer into a verdict or a failure."""
     if not 200 <= status < 300:
-        return Verdict(False, failure=f"Lakera Guard returned status {status}",
-                       latency_ms=latency_ms)
+        return Verdict(False, failure=Failure(
+            lakera_status(status), f"Lakera Guard returned status {status}"),
+            latency_ms=latency_ms)
     try:
         document = json.loads(body)
     except ValueError:
-        return Verdict(False, failure="Lakera Guard returned a body that is not JSON",
+        return Verdict(False, failure=Failure(
+            FailureKind.NOT_JSON, "Lakera Guard returned a body that is not JSON"),
                        latency_ms=latency_ms)
     if not isinstance(document, dict):
-        return Verdict(False, failure="Lakera Guard returned JSON that is not an object",
+        return Verdict(False, failure=Failure(
+            FailureKind.NOT_JSON, "Lakera Guard returned JSON that is not an object"),
                        latency_ms=latency_ms)
     flagged = document.get("flagged")
     if not isinstance(flagged, bool):
-        return Verdict(False, failure="Lakera Guard answer has no boolean 'flagged'",
+        return Verdict(False, failure=Failure(
+            FailureKind.NO_VERDICT, "Lakera Guard answer has no boolean 'flagged'"),
                        latency_ms=latency_ms)
     breakdown, types = _detected(document.get("breakdown"))
     metadata = document.get("metadata")
@@ -171,14 +144,15 @@ class LakeraClient:
                 ) as response:
                     status, content = response.status, await response.read()
         except TimeoutError:
-            return Verdict(False, failure=f"Lakera Guard did not answer within "
-                           f"{settings.timeout} ms", latency_ms=elapsed())
+            return Verdict(False, failure=Failure(FailureKind.TIMEOUT, (
+                f"Lakera Guard did not answer within {settings.timeout} ms")),
+                latency_ms=elapsed())
         except aiohttp.ClientError as e:
-            return Verdict(False, failure=f"failed to reach Lakera Guard: "
-                           f"{type(e).__name__}", latency_ms=elapsed())
+            return Verdict(False, failure=Failure(FailureKind.UNREACHABLE, (
+                f"failed to reach Lakera Guard: {type(e).__name__}")), latency_ms=elapsed())
         except Exception as e:  # never let a Lakera problem skip the decision
-            return Verdict(False, failure=f"cannot call Lakera Guard: {type(e).__name__}",
-                           latency_ms=elapsed())
+            return Verdict(False, failure=Failure(FailureKind.UNREACHABLE, (
+                f"cannot call Lakera Guard: {type(e).__name__}")), latency_ms=elapsed())
         return classify(status, content, elapsed())
 
     async def screen_parts(

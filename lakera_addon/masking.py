@@ -20,9 +20,10 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
-
-class MaskError(Exception):
-    """Masking cannot be done safely; the message names why, without any content."""
+from lakera_addon.configuration import Settings
+from lakera_addon.extract import Message
+from lakera_addon.failures import MaskError
+from lakera_addon.verdict import Verdict
 
 
 def placeholder(detector_type: str) -> str:
@@ -142,3 +143,14 @@ class Masker:
             return {self.text(key) if isinstance(key, str) else key: self.document(value)
                     for key, value in node.items()}
         return node
+
+
+def confirmed(settings: Settings, sent: Sequence[Message], verdict: Verdict) -> dict[str, str]:
+    """The texts to mask (text → placeholder) that a verdict's spans confirm in the messages
+    it was given: those of the detector types whose action is `mask`."""
+    if not verdict.flagged:
+        return {}
+    types = [t for t in verdict.detector_types if settings.action_for(t) == "mask"]
+    detected = [(str(e.get("detector_type")), e["message_id"]) for e in verdict.breakdown
+                if e.get("detected") is True and type(e.get("message_id")) is int]
+    return confirmed_texts([m["content"] for m in sent], verdict.payload, types, detected)

@@ -22,14 +22,15 @@ the tap forward everything unchanged from then on (a failure, decided by `fail_o
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Final
 
 from lakera_addon import protocols
+from lakera_addon.assembly import UNFINISHED
 from lakera_addon.assembly import StreamAssembler
 from lakera_addon.assembly import StreamResult
+from lakera_addon.assembly import incomplete
+from lakera_addon.failures import FailureKind
 from lakera_addon.protocols import Protocol
-from lakera_addon.stream_tap import STREAM_CUT
 
 # the end of an SSE event: a line ending followed by an empty line (LF, CRLF or CR endings)
 _EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r|\n\r\n|\r\n\n")
@@ -50,29 +51,28 @@ def last_line_end(data: bytes | bytearray) -> int:
 
 
 class ProgressiveTap:
-    """Forwards whole events at once, asks for a scan every `window_chars`, cuts on request.
+    """Forwards whole events at once, tells when a scan is due every `window_chars`, cuts on
+    request.
 
-    `on_window` is called (synchronously, from the stream function) when a window is due and no
-    scan is in flight; the addon starts the scan as a task, which reports back with `scanned()`
-    (clean: the next window may start) or `cut()` (flagged: end the stream)."""
+    After each chunk its owner asks `take_window()`: True when a window is due and no scan is in
+    flight (the tap then counts one in flight); the owner runs the scan and reports back with
+    `scanned()` (clean: the next window may start) or `cut()` (flagged: end the stream)."""
 
     def __init__(
         self,
         protocol: Protocol,
         max_bytes: int,
         window_chars: int,
-        on_window: Callable[[], None],
         candidates: int = 1,
     ) -> None:
         self._assembler = StreamAssembler(protocol, candidates)
         self._boundary = last_line_end if protocol in protocols.NDJSON else last_event_end
         self._max_bytes = max_bytes
         self._window = window_chars
-        self._on_window = on_window
         self._seen = 0
         self._pending = bytearray()  # after the last complete event: waits for the next chunk
         self._ending: bytes | None = None
-        self._failure: str | None = None
+        self._failure: tuple[FailureKind, str] | None = None
         self.ended = False
         self.cut_sent = False  # the ending went out; nothing more is forwarded
         self.in_flight = False
@@ -86,7 +86,8 @@ class ProgressiveTap:
         try:
             return self._chunk(data)
         except Exception as e:  # a stream function must never raise
-            self._failure = f"cannot read the stream: {type(e).__name__}"
+            self._failure = (FailureKind.STREAM_UNREADABLE,
+                             f"cannot read the stream: {type(e).__name__}")
             rest, self._pending = bytes(self._pending) + data, bytearray()
             return rest if rest or not data else []
 
@@ -102,7 +103,8 @@ class ProgressiveTap:
             return data
         self._seen += len(data)
         if self._seen > self._max_bytes:
-            self._failure = f"stream larger than max_body_bytes ({self._max_bytes} bytes)"
+            self._failure = (FailureKind.TOO_LARGE,
+                             f"stream larger than max_body_bytes ({self._max_bytes} bytes)")
             rest, self._pending = bytes(self._pending) + data, bytearray()
             return rest
         self._pending += data
@@ -112,8 +114,6 @@ class ProgressiveTap:
         out = bytes(self._pending[:end])
         del self._pending[:end]
         self._assembler.feed(out)
-        if self.window_due():
-            self._request_window()
         return out
 
     def _end(self) -> bytes:
@@ -140,10 +140,14 @@ class ProgressiveTap:
         return (not self.in_flight and self._ending is None and self._failure is None
                 and self._assembler.chars - self.requested_chars >= self._window)
 
-    def _request_window(self) -> None:
+    def take_window(self) -> bool:
+        """Whether a scan of the newest text should start now; if so, it counts as in flight
+        from now on, for the text up to `requested_chars`."""
+        if not self.window_due():
+            return False
         self.in_flight = True
         self.requested_chars = self._assembler.chars
-        self._on_window()
+        return True
 
     def scanned(self, chars: int) -> bool:
         """A clean verdict for the text up to `chars`; True if the next window is already due
@@ -186,7 +190,7 @@ class ProgressiveTap:
 
     def result(self) -> StreamResult:
         if self._failure is not None:
-            return StreamResult(text="", complete=False, reason=self._failure)
+            return incomplete(*self._failure)
         if not self.ended:
-            return StreamResult(text="", complete=False, reason=STREAM_CUT)
+            return incomplete(FailureKind.STREAM_INCOMPLETE, UNFINISHED)
         return self._assembler.finish()

@@ -16,7 +16,7 @@ from lakera_addon.configuration import Route
 from lakera_addon.decision import Decision
 from lakera_addon.decision import Side
 from lakera_addon.decision import strictest_action
-from lakera_addon.lakera_client import Verdict
+from lakera_addon.verdict import Verdict
 
 logger = logging.getLogger("lakera_addon")
 
@@ -53,13 +53,14 @@ def pending(flow: http.HTTPFlow, side: Side) -> None:
     entry[side] = {**(record if isinstance(record, dict) else {}), "verdict": "pending"}
 
 
-def cut(flow: http.HTTPFlow, route: Route, side: Side, how: str) -> None:
-    """Only part of a side fitted in one Lakera call (screen_budget): say so, without text."""
+def coverage(flow: http.HTTPFlow, route: Route, side: Side, how: str) -> None:
+    """Not all of a side was screened as one text (older turns left out to fit one Lakera
+    call, an answer in parts, a stream ended early or cut): say how, without text."""
     entry = metadata(flow)
     record = entry.get(side)
     if not isinstance(record, dict):
         record = entry[side] = {"verdict": "pending"}
-    record["cut"] = how
+    record["coverage"] = how
     logger.info("%s screened in part [%s route=%s]: %s", side, flow_label(flow), route.name, how)
 
 
@@ -126,15 +127,16 @@ def record(
     decision: Decision,
     verdict: Verdict | None,
     masked: Counter[str] | None = None,
-) -> None:
-    """Store the decision on the flow and log it."""
+) -> dict[str, Any]:
+    """Store the decision on the flow and log it; the side's record, as stored."""
     entry = metadata(flow)
     previous = entry.get(side)
-    entry[side] = _side_record(decision, verdict, masked)
-    if isinstance(previous, dict) and "cut" in previous:
-        entry[side]["cut"] = previous["cut"]
+    entry[side] = side_record = _side_record(decision, verdict, masked)
+    if isinstance(previous, dict) and "coverage" in previous:
+        side_record["coverage"] = previous["coverage"]
     _refresh_view(flow, entry)
     _log(flow, route, side, decision, verdict, masked)
+    return side_record
 
 
 def _log(

@@ -51,6 +51,11 @@ def gemini_sse(path: str) -> bool:
     return "sse" in (query.get("alt", []) + query.get("$alt", []))
 
 
+def gemini_json_array(path: str) -> bool:
+    """Whether a Gemini stream is asked for as one JSON array of the chunks (no `alt=sse`)."""
+    return gemini_streams(path) and not gemini_sse(path)
+
+
 def _native_protocol(path: str, body: dict[str, object] | None) -> Protocol | None:
     """The native protocols, told by their path (`body` None: the path alone). `/api/chat` and
     `/api/generate` are common names for a web app's own endpoints too: a body is taken for

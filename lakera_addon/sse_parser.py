@@ -76,7 +76,7 @@ class SSEParser:
         self._bytes_seen += len(data)
         return self._feed_text(self._decoder.decode(data))
 
-    def finish(self) -> list[SSEEvent]:
+    def finish(self) -> None:
         """End of stream: an unfinished line or event is discarded (never dispatched)."""
         self._decoder.decode(b"", final=True)
         self._decoder.reset()
@@ -84,7 +84,6 @@ class SSEParser:
         self._tail_len = 0
         self._cr_pending = False
         self._reset_event()
-        return []
 
     def _feed_text(self, text: str) -> list[SSEEvent]:
         if not text:

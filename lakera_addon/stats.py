@@ -9,33 +9,10 @@ from collections import deque
 
 from lakera_addon.decision import Decision
 from lakera_addon.decision import Side
-from lakera_addon.lakera_client import Verdict
+from lakera_addon.failures import FailureKind
+from lakera_addon.verdict import Verdict
 
 LATENCY_WINDOW = 10_000  # the most recent Lakera latencies kept for the percentiles
-
-# (words in a failure reason, its kind), first match wins
-_KINDS = (
-    ("did not answer within", "timeout"),
-    ("failed to reach", "unreachable"),
-    ("returned status 401", "status 401"),
-    ("returned status 429", "status 429"),
-    ("returned status", "status 5xx/other"),
-    ("not JSON", "not JSON"),
-    ("not an object", "not JSON"),
-    ("no boolean 'flagged'", "no verdict"),
-    ("max_body_bytes", "too large"),
-    ("max_screen_bytes", "too large"),
-    ("stream", "stream unreadable"),
-    ("internal error", "internal error"),
-)
-
-
-def failure_kind(reason: str | None) -> str:
-    for words, kind in _KINDS:
-        if reason and words in reason:
-            return kind
-    return "other"
-
 
 class Stats:
     def __init__(self) -> None:
@@ -43,7 +20,7 @@ class Stats:
         self.flagged: Counter[Side] = Counter()
         self.blocked: Counter[Side] = Counter()
         self.unscanned: Counter[Side] = Counter()
-        self.failures: Counter[str] = Counter()
+        self.failures: Counter[FailureKind] = Counter()
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.cached = 0  # verdicts reused from an identical call (verdict_cache_seconds)
 
@@ -57,7 +34,7 @@ class Stats:
         if decision.outcome == "flagged":
             self.flagged[side] += 1
         if decision.outcome == "failure":
-            self.failures[failure_kind(decision.reason)] += 1
+            self.failures[decision.kind or FailureKind.INTERNAL] += 1
         if decision.deny:
             self.blocked[side] += 1
         if verdict is not None and verdict.latency_ms and verdict.failure is None:

@@ -8,12 +8,14 @@ stream function loses that chunk, mitmproxy-addon-notes section 1.3) and never w
 
 from __future__ import annotations
 
+from lakera_addon.assembly import UNFINISHED
 from lakera_addon.assembly import StreamAssembler
 from lakera_addon.assembly import StreamResult
+from lakera_addon.assembly import incomplete
 from lakera_addon.content_decoding import make_decoder
+from lakera_addon.failures import FailureKind
 from lakera_addon.protocols import Protocol
 
-STREAM_CUT = "stream did not end"  # the connection closed (upstream or client) before its end
 # Decoded bytes gathered before they are parsed: the parser's per-call costs once per 32 KB,
 # not once per event (docs/performance.md); the text is screened only at the end anyway.
 BATCH_BYTES = 32 * 1024
@@ -28,13 +30,13 @@ class StreamTap:
         self._max_bytes = max_bytes
         self._seen = 0
         self._batch = bytearray()  # decoded, not yet parsed
-        self._failure: str | None = None
+        self._failure: tuple[FailureKind, str] | None = None
         self.ended = False
         try:
             self._decode = make_decoder(content_encoding)
         except ValueError as e:
             self._decode = None
-            self._failure = f"cannot read the stream: {e}"
+            self._failure = (FailureKind.STREAM_UNREADABLE, f"cannot read the stream: {e}")
 
     def __call__(self, data: bytes) -> bytes:
         if not data:
@@ -45,13 +47,15 @@ class StreamTap:
             try:
                 self._feed(data)
             except Exception as e:  # a stream function must never raise
-                self._failure = f"cannot read the stream: {type(e).__name__}"
+                self._failure = (FailureKind.STREAM_UNREADABLE,
+                                 f"cannot read the stream: {type(e).__name__}")
         return data
 
     def _feed(self, data: bytes) -> None:
         self._seen += len(data)
         if self._seen > self._max_bytes:
-            self._failure = f"stream larger than max_body_bytes ({self._max_bytes} bytes)"
+            self._failure = (FailureKind.TOO_LARGE,
+                             f"stream larger than max_body_bytes ({self._max_bytes} bytes)")
             return
         if self._decode is not None:
             data = self._decode(data)
@@ -64,7 +68,8 @@ class StreamTap:
             try:
                 self._assembler.feed(self._batch)
             except Exception as e:  # a stream function must never raise
-                self._failure = f"cannot read the stream: {type(e).__name__}"
+                self._failure = (FailureKind.STREAM_UNREADABLE,
+                                 f"cannot read the stream: {type(e).__name__}")
         self._batch = bytearray()
 
     @property
@@ -77,7 +82,7 @@ class StreamTap:
         """The assembled stream; a failure to read it is an incomplete result with a reason."""
         self._flush()
         if self._failure is not None:
-            return StreamResult(text="", complete=False, reason=self._failure)
+            return incomplete(*self._failure)
         if not self.ended:
-            return StreamResult(text="", complete=False, reason=STREAM_CUT)
+            return incomplete(FailureKind.STREAM_INCOMPLETE, UNFINISHED)
         return self._assembler.finish()

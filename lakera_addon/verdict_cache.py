@@ -19,11 +19,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 from typing import Final
 
-if TYPE_CHECKING:
-    from lakera_addon.lakera_client import Verdict
+from lakera_addon.verdict import Verdict
 
 MAX_ENTRIES: Final = 4096
 

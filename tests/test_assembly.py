@@ -10,17 +10,26 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from lakera_addon import protocols
+from lakera_addon.answer_text import response_text
 from lakera_addon.assembly import StreamAssembler
 from lakera_addon.assembly import StreamResult
 from lakera_addon.assembly import assemble
-from lakera_addon.assembly import response_text
+from lakera_addon.assembly import incomplete
 from lakera_addon.extract import request_candidates
 from lakera_addon.extract import sniff_candidates
+from lakera_addon.failures import FailureKind
 from lakera_addon.protocols import Protocol
 
 NO_EVENTS = "no recognisable events in the stream"
 NOT_TERMINATED = "stream ended before its terminal event"
 NOT_JSON = "event data is not JSON"
+
+
+def failed(reason: str) -> StreamResult:
+    """A stream that cannot be assembled: cut short, or unreadable."""
+    kind = (FailureKind.STREAM_INCOMPLETE if reason == NOT_TERMINATED
+            else FailureKind.STREAM_UNREADABLE)
+    return incomplete(kind, reason)
 
 
 def sse(*events: tuple[str | None, object], crlf: bool = False) -> bytes:
@@ -325,28 +334,28 @@ STREAMS: list[tuple[str, Protocol, bytes, StreamResult]] = [
     ("chat: two choices in index order", protocols.OPENAI_CHAT, sse(*CHAT_TWO_CHOICES, DONE),
      StreamResult("A1 A2\n\nB1 B2", True)),
     ("chat: every choice finished but no [DONE]", protocols.OPENAI_CHAT, sse(*CHAT_TEXT),
-     StreamResult("", False, NOT_TERMINATED)),
+     failed(NOT_TERMINATED)),
     ("chat: cut in the middle", protocols.OPENAI_CHAT, sse(*CHAT_TEXT[:3]),
-     StreamResult("", False, NOT_TERMINATED)),
+     failed(NOT_TERMINATED)),
     ("chat: cut in the middle of an event", protocols.OPENAI_CHAT,
-     sse(*CHAT_TEXT, DONE)[:-3], StreamResult("", False, NOT_TERMINATED)),
+     sse(*CHAT_TEXT, DONE)[:-3], failed(NOT_TERMINATED)),
     ("chat: error event after text", protocols.OPENAI_CHAT,
      sse(*CHAT_TEXT[:3], (None, {"error": {"message": "overloaded", "type": "server_error"}})),
      StreamResult("Hello there", True)),
     ("chat: data not JSON", protocols.OPENAI_CHAT, sse(*CHAT_TEXT[:2], (None, "oops"), DONE),
-     StreamResult("", False, NOT_JSON)),
+     failed(NOT_JSON)),
     ("chat: JSON that is not an object", protocols.OPENAI_CHAT, sse((None, "[1, 2]"), DONE),
-     StreamResult("", False, "event data is not a JSON object")),
+     failed("event data is not a JSON object")),
     ("chat: events after [DONE] ignored", protocols.OPENAI_CHAT,
      sse(*CHAT_TEXT, DONE, chat_chunk([chat_delta("late")]), (None, "not json")),
      StreamResult("Hello there!", True)),
     ("chat: comments and keep-alives", protocols.OPENAI_CHAT,
      b": OPENROUTER PROCESSING\n\n" + sse(*CHAT_TEXT, DONE), StreamResult("Hello there!", True)),
-    ("chat: empty body", protocols.OPENAI_CHAT, b"", StreamResult("", False, NO_EVENTS)),
+    ("chat: empty body", protocols.OPENAI_CHAT, b"", failed(NO_EVENTS)),
     ("chat: not SSE at all", protocols.OPENAI_CHAT, b'{"choices": []}',
-     StreamResult("", False, NO_EVENTS)),
+     failed(NO_EVENTS)),
     ("chat: only comments", protocols.OPENAI_CHAT, b": ping\n\n: ping\n\n",
-     StreamResult("", False, NO_EVENTS)),
+     failed(NO_EVENTS)),
     # anthropic-messages
     ("anthropic: text", protocols.ANTHROPIC_MESSAGES, sse(*ANTHROPIC_TEXT, A_STOP),
      StreamResult("Hello!", True)),
@@ -360,17 +369,17 @@ STREAMS: list[tuple[str, Protocol, bytes, StreamResult]] = [
     ("anthropic: no type in JSON, event name used", protocols.ANTHROPIC_MESSAGES,
      sse(*ANTHROPIC_TEXT, ("message_stop", {})), StreamResult("Hello!", True)),
     ("anthropic: cut before message_stop", protocols.ANTHROPIC_MESSAGES, sse(*ANTHROPIC_TEXT),
-     StreamResult("", False, NOT_TERMINATED)),
+     failed(NOT_TERMINATED)),
     ("anthropic: error event mid-stream", protocols.ANTHROPIC_MESSAGES,
      sse(*ANTHROPIC_TEXT[:4], A_ERROR), StreamResult("Hello", True)),
     ("anthropic: data not JSON", protocols.ANTHROPIC_MESSAGES,
      sse(*ANTHROPIC_TEXT[:3], ("content_block_delta", "{broken"), A_STOP),
-     StreamResult("", False, NOT_JSON)),
+     failed(NOT_JSON)),
     ("anthropic: events after message_stop ignored", protocols.ANTHROPIC_MESSAGES,
      sse(*ANTHROPIC_TEXT, A_STOP, a_text(0, "late"), ("x", "not json")),
      StreamResult("Hello!", True)),
     ("anthropic: [DONE] is not JSON here", protocols.ANTHROPIC_MESSAGES,
-     sse(*ANTHROPIC_TEXT, DONE), StreamResult("", False, NOT_JSON)),
+     sse(*ANTHROPIC_TEXT, DONE), failed(NOT_JSON)),
     # openai-responses
     ("responses: text", protocols.OPENAI_RESPONSES, sse(*R_TEXT), StreamResult("Hi there!", True)),
     ("responses: text from deltas, not the done events", protocols.OPENAI_RESPONSES,
@@ -392,28 +401,28 @@ STREAMS: list[tuple[str, Protocol, bytes, StreamResult]] = [
      sse(*R_TEXT[:-1], r_event("response.failed", response={**R_RESPONSE, "status": "failed"})),
      StreamResult("Hi there!", True)),
     ("responses: cut before response.completed", protocols.OPENAI_RESPONSES, sse(*R_TEXT[:-1]),
-     StreamResult("", False, NOT_TERMINATED)),
+     failed(NOT_TERMINATED)),
     ("responses: error event", protocols.OPENAI_RESPONSES,
      sse(*R_TEXT[:6], R_ERROR), StreamResult("Hi there", True)),
     ("responses: error by event name only", protocols.OPENAI_RESPONSES,
      sse(*R_TEXT[:6], ("error", {"code": "server_error"})), StreamResult("Hi there", True)),
     ("responses: data not JSON", protocols.OPENAI_RESPONSES,
      sse(*R_TEXT[:3], ("response.output_text.delta", "Hi"), *R_TEXT[3:]),
-     StreamResult("", False, NOT_JSON)),
+     failed(NOT_JSON)),
     ("responses: no events", protocols.OPENAI_RESPONSES, b"\n\n",
-     StreamResult("", False, NO_EVENTS)),
+     failed(NO_EVENTS)),
     # openai-embeddings
     ("embeddings: never streams", protocols.OPENAI_EMBEDDINGS, sse(*CHAT_TEXT, DONE),
-     StreamResult("", False, "embeddings answers do not stream")),
+     failed("embeddings answers do not stream")),
     # gemini-generate
     ("gemini: text, complete at the finishReason", protocols.GEMINI_GENERATE,
      sse(*GEMINI_TEXT), StreamResult("Hello there!", True)),
     ("gemini: CRLF framing, as the API sends it", protocols.GEMINI_GENERATE,
      sse(*GEMINI_TEXT, crlf=True), StreamResult("Hello there!", True)),
     ("gemini: no finishReason is not terminated", protocols.GEMINI_GENERATE,
-     sse(*GEMINI_TEXT[:2]), StreamResult("", False, NOT_TERMINATED)),
+     sse(*GEMINI_TEXT[:2]), failed(NOT_TERMINATED)),
     ("gemini: cut in the middle of the last event", protocols.GEMINI_GENERATE,
-     sse(*GEMINI_TEXT)[:-5], StreamResult("", False, NOT_TERMINATED)),
+     sse(*GEMINI_TEXT)[:-5], failed(NOT_TERMINATED)),
     ("gemini: thoughts are not the answer", protocols.GEMINI_GENERATE,
      sse(g_chunk(g_cand({"text": "Let me think", "thought": True})),
          g_chunk(g_cand({"text": "Paris", "thoughtSignature": "Cq0B"}, finish="STOP"))),
@@ -430,7 +439,7 @@ STREAMS: list[tuple[str, Protocol, bytes, StreamResult]] = [
      StreamResult("A1 A2\n\nB1 B2", True)),
     ("gemini: one candidate finished, the other still open", protocols.GEMINI_GENERATE,
      sse(g_chunk(g_cand({"text": "A"}, finish="STOP"), g_cand({"text": "B"}, index=1))),
-     StreamResult("", False, NOT_TERMINATED)),
+     failed(NOT_TERMINATED)),
     ("gemini: text after a candidate's finishReason still counts", protocols.GEMINI_GENERATE,
      sse(g_chunk(g_cand({"text": "A"}, finish="STOP"), g_cand({"text": "B"}, index=1)),
          g_chunk(g_cand({"text": " more"}, index=1, finish="MAX_TOKENS"))),
@@ -443,11 +452,11 @@ STREAMS: list[tuple[str, Protocol, bytes, StreamResult]] = [
     ("gemini: error event after text", protocols.GEMINI_GENERATE,
      sse(*GEMINI_TEXT[:2], G_ERROR), StreamResult("Hello there", True)),
     ("gemini: data not JSON", protocols.GEMINI_GENERATE,
-     sse(GEMINI_TEXT[0], (None, "{broken"), GEMINI_TEXT[2]), StreamResult("", False, NOT_JSON)),
+     sse(GEMINI_TEXT[0], (None, "{broken"), GEMINI_TEXT[2]), failed(NOT_JSON)),
     ("gemini: the JSON array form is not SSE", protocols.GEMINI_GENERATE,
      json.dumps([GEMINI_TEXT[0][1], GEMINI_TEXT[2][1]]).encode(),
-     StreamResult("", False, NO_EVENTS)),
-    ("gemini: empty body", protocols.GEMINI_GENERATE, b"", StreamResult("", False, NO_EVENTS)),
+     failed(NO_EVENTS)),
+    ("gemini: empty body", protocols.GEMINI_GENERATE, b"", failed(NO_EVENTS)),
     # ollama-chat and ollama-generate
     ("ollama chat: text, done", protocols.OLLAMA_CHAT, ndjson(*OLLAMA_CHAT_TEXT),
      StreamResult("Hello there!", True)),
@@ -460,9 +469,9 @@ STREAMS: list[tuple[str, Protocol, bytes, StreamResult]] = [
      ndjson(o_chat("", tool_calls=[{"function": {"name": "f", "arguments": {"a": 1}}}]),
             o_chat("", done=True)), StreamResult("", True)),
     ("ollama chat: no done line", protocols.OLLAMA_CHAT, ndjson(*OLLAMA_CHAT_TEXT[:3]),
-     StreamResult("", False, NOT_TERMINATED)),
+     failed(NOT_TERMINATED)),
     ("ollama chat: cut in the middle of the done line", protocols.OLLAMA_CHAT,
-     ndjson(*OLLAMA_CHAT_TEXT)[:-20], StreamResult("", False, NOT_TERMINATED)),
+     ndjson(*OLLAMA_CHAT_TEXT)[:-20], failed(NOT_TERMINATED)),
     ("ollama chat: the done line without its line end", protocols.OLLAMA_CHAT,
      ndjson(*OLLAMA_CHAT_TEXT)[:-1], StreamResult("Hello there!", True)),
     ("ollama chat: blank lines between", protocols.OLLAMA_CHAT,
@@ -471,21 +480,21 @@ STREAMS: list[tuple[str, Protocol, bytes, StreamResult]] = [
      ndjson(*OLLAMA_CHAT_TEXT[:2], O_ERROR), StreamResult("Hello there", True)),
     ("ollama chat: a line not JSON", protocols.OLLAMA_CHAT,
      ndjson(OLLAMA_CHAT_TEXT[0], "{broken", OLLAMA_CHAT_TEXT[3]),
-     StreamResult("", False, NOT_JSON)),
+     failed(NOT_JSON)),
     ("ollama chat: a line not an object", protocols.OLLAMA_CHAT,
      ndjson([1, 2], OLLAMA_CHAT_TEXT[3]),
-     StreamResult("", False, "event data is not a JSON object")),
+     failed("event data is not a JSON object")),
     ("ollama chat: lines after done ignored", protocols.OLLAMA_CHAT,
      ndjson(*OLLAMA_CHAT_TEXT, o_chat("late"), "not json"), StreamResult("Hello there!", True)),
     ("ollama chat: SSE is not NDJSON", protocols.OLLAMA_CHAT, sse(*CHAT_TEXT, DONE),
-     StreamResult("", False, NOT_JSON)),
-    ("ollama chat: empty body", protocols.OLLAMA_CHAT, b"", StreamResult("", False, NO_EVENTS)),
+     failed(NOT_JSON)),
+    ("ollama chat: empty body", protocols.OLLAMA_CHAT, b"", failed(NO_EVENTS)),
     ("ollama generate: text, done", protocols.OLLAMA_GENERATE, ndjson(*OLLAMA_GEN_TEXT),
      StreamResult("Why not?", True)),
     ("ollama generate: chat lines carry no response", protocols.OLLAMA_GENERATE,
      ndjson(*OLLAMA_CHAT_TEXT), StreamResult("", True)),
     ("ollama generate: no done line", protocols.OLLAMA_GENERATE, ndjson(*OLLAMA_GEN_TEXT[:2]),
-     StreamResult("", False, NOT_TERMINATED)),
+     failed(NOT_TERMINATED)),
     ("ollama generate: error line", protocols.OLLAMA_GENERATE,
      ndjson(OLLAMA_GEN_TEXT[0], O_ERROR), StreamResult("Why", True)),
 ]
@@ -602,7 +611,7 @@ def test_ollama_text_so_far() -> None:
 
 def test_deeply_nested_json_does_not_raise() -> None:
     body = b"data: " + b"[" * 100_000 + b"\n\ndata: [DONE]\n\n"
-    assert assemble(protocols.OPENAI_CHAT, body) == StreamResult("", False, NOT_JSON)
+    assert assemble(protocols.OPENAI_CHAT, body) == failed(NOT_JSON)
 
 
 def test_reasons_never_quote_the_content() -> None:

@@ -133,7 +133,7 @@ def test_main_refuses_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert cli.allow_hosts_main(["--config", str(config)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "action: must be block or alert" in captured.err
+    assert "action: 'drop' is not allowed; must be block or alert" in captured.err
     assert cli.allow_hosts_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot be read" in capsys.readouterr().err
 

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lakera_addon.config_values import parse_size
 from lakera_addon.configuration import BUILTIN_SOURCE
 from lakera_addon.configuration import ConfigError
 from lakera_addon.configuration import Settings
 from lakera_addon.configuration import load_config
 from lakera_addon.configuration import parse_config
-from lakera_addon.configuration import parse_size
 
 ENV = {"LAKERA_GUARD_API_KEY": "env-key", "OTHER_KEY": "other-key"}
 ROOT = Path(__file__).resolve().parent.parent

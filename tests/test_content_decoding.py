@@ -9,9 +9,9 @@ import brotli
 import pytest
 import zstandard
 
-from lakera_addon.content_decoding import TooLarge
 from lakera_addon.content_decoding import decode_bounded
 from lakera_addon.content_decoding import make_decoder
+from lakera_addon.failures import TooLarge
 
 TEXT = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n' * 200
 

@@ -19,12 +19,13 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
+from lakera_addon.answer_text import response_text
 from lakera_addon.assembly import assemble
-from lakera_addon.assembly import response_text
 from lakera_addon.deny import DenyResponse
 from lakera_addon.deny import build_deny
 from lakera_addon.protocols import ALL
 from lakera_addon.protocols import Protocol
+from lakera_addon.routing import gemini_json_array
 
 TEXT = 'Request blocked by Lakera Guard. Flagged: "prompt_attack" — ü 🚫 \\ end'
 MODEL = "gpt-test-model"
@@ -227,6 +228,7 @@ def error_texts(error: Exception) -> list[str]:
     return [str(error), *strings_in(getattr(error, "body", None))]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("status", STATUSES)
 @pytest.mark.parametrize(("protocol", "stream", "reader"), CASES)
 def test_sdk_reads_the_deny(protocol: Protocol, stream: bool, reader: Reader, status) -> None:
@@ -245,6 +247,7 @@ def test_sdk_reads_the_deny(protocol: Protocol, stream: bool, reader: Reader, st
     assert len(server.calls) == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("max_retries", [0, 2])
 @pytest.mark.parametrize("status", [*RETRIED, 403])
 @pytest.mark.parametrize(("protocol", "stream", "reader"), CASES)
@@ -258,6 +261,7 @@ def test_deny_is_never_retried(
     assert TEXT in error_texts(raised.value)  # verbatim, not escaped
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(
     ("status", "error"),
@@ -364,6 +368,7 @@ def test_model_defaults_and_ids_differ(protocol: Protocol) -> None:
     assert first["id"] != second["id"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("text", ["", "x", "multi\nline\n\ntext\r\n", "data: [DONE]\n\n"])
 @pytest.mark.parametrize(("protocol", "stream", "reader"), CASES)
 def test_awkward_texts_survive(protocol: Protocol, stream: bool, reader: Reader, text) -> None:
@@ -487,12 +492,13 @@ def native_error(protocol: Protocol, reader: NativeReader, server: NativeServer
     return ollama_raised.value.status_code, ollama_raised.value.error
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("status", STATUSES)
 @pytest.mark.parametrize(("protocol", "path", "stream", "reader"), NATIVE_CASES)
 def test_native_sdk_reads_the_deny(protocol: Protocol, path: str, stream: bool,
                                    reader: NativeReader, status) -> None:
     server = NativeServer(build_deny(protocol, TEXT, status=status, stream=stream, model=MODEL,
-                                     path=path))
+                                     json_array=gemini_json_array(path)))
     if status < 300:
         assert reader(server, MODEL) == (TEXT, MODEL)
     else:
@@ -500,10 +506,11 @@ def test_native_sdk_reads_the_deny(protocol: Protocol, path: str, stream: bool,
     assert len(server.calls) == 1  # neither SDK retries by default
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("status", [403, 429, 503])
 def test_gemini_error_envelope(status) -> None:
     deny = build_deny("gemini-generate", TEXT, status=status, stream=True, model=MODEL,
-                      path=GEMINI_SSE_PATH)
+                      json_array=gemini_json_array(GEMINI_SSE_PATH))
     expected = {403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}[status]
     assert json.loads(deny.body) == {"error": {"code": status, "message": TEXT,
                                                "status": expected}}
@@ -518,7 +525,7 @@ def test_gemini_stream_without_alt_sse_is_a_json_array(stream: bool) -> None:
     """`:streamGenerateContent` without `alt=sse` answers one JSON array of chunks, whether the
     deny is for the request (streams: the path says so) or for a JSON answer."""
     deny = build_deny("gemini-generate", TEXT, status=200, stream=stream, model=MODEL,
-                      path=f"/block{GEMINI_ARRAY_PATH}?key=k")
+                      json_array=gemini_json_array(f"/block{GEMINI_ARRAY_PATH}?key=k"))
     assert deny.headers["content-type"] == "application/json"
     chunks = json.loads(deny.body)
     assert isinstance(chunks, list) and len(chunks) == 1
@@ -533,7 +540,8 @@ def test_gemini_stream_without_alt_sse_is_a_json_array(stream: bool) -> None:
 def test_streamed_deny_assembles_to_its_text(protocol: Protocol, path: str) -> None:
     """What the addon reads back of its own streamed deny (a held stream re-framed by masking
     goes through build_deny): the whole text, a complete stream."""
-    deny = build_deny(protocol, TEXT, status=200, stream=True, model=MODEL, path=path)
+    deny = build_deny(protocol, TEXT, status=200, stream=True, model=MODEL,
+                      json_array=gemini_json_array(path))
     result = assemble(protocol, deny.body)
     assert (result.text, result.complete) == (TEXT, True)
 
@@ -542,7 +550,8 @@ def test_streamed_deny_assembles_to_its_text(protocol: Protocol, path: str) -> N
     ("gemini-generate", GEMINI_PATH), ("ollama-chat", "/api/chat"),
     ("ollama-generate", "/api/generate")])
 def test_native_json_deny_reads_as_its_text(protocol: Protocol, path: str) -> None:
-    deny = build_deny(protocol, TEXT, status=200, stream=False, model=None, path=path)
+    deny = build_deny(protocol, TEXT, status=200, stream=False, model=None,
+                      json_array=gemini_json_array(path))
     body = json.loads(deny.body)
     assert response_text(protocol, body) == TEXT
     model = body["modelVersion"] if protocol == "gemini-generate" else body["model"]
@@ -560,11 +569,12 @@ def test_ollama_ndjson_wire_format() -> None:
     assert last["message"]["content"] == ""
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("text", ["", "x", "multi\nline\n\ntext\r\n", "data: [DONE]\n\n",
                                   '{"done": true}\n'])
 @pytest.mark.parametrize(("protocol", "path", "stream", "reader"), NATIVE_CASES)
 def test_native_awkward_texts_survive(protocol: Protocol, path: str, stream: bool,
                                       reader: NativeReader, text) -> None:
     server = NativeServer(build_deny(protocol, text, status=200, stream=stream, model=MODEL,
-                                     path=path))
+                                     json_array=gemini_json_array(path)))
     assert reader(server, MODEL) == (text, MODEL)

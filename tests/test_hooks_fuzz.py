@@ -24,6 +24,7 @@ from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 
 from lakera_addon.guard_addon import LakeraGuard
+from lakera_addon.live_stream import LiveStream
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import LakeraGuardStandin
 
@@ -117,6 +118,9 @@ async def run_flow(config: Path, path: str, body: bytes, status: int, content_ty
         passed = b""
         if flow.response is None:
             flow.response = http.Response.make(status, b"", {"content-type": content_type})
+            # a streamed answer of unknown length, as LLM streams come (chunked or HTTP/2):
+            # with a content-length the progressive configuration would hold it instead
+            del flow.response.headers["content-length"]
             addon.responseheaders(flow)
             stream = flow.response.stream
             if callable(stream):
@@ -182,3 +186,17 @@ def test_hooks_never_raise(configs, which, path, body, status, content_type, ans
             assert passed == answer[:len(passed)] and (cut or passed == answer)
     elif callable(stream):
         assert passed == answer[:len(passed)] and (cut or passed == answer)
+
+
+def test_the_fuzzed_progressive_configuration_streams_live(configs) -> None:
+    """The fuzz above covers progressive streams only if its fourth configuration really makes
+    them live: a clean SSE answer goes through a LiveStream and arrives whole."""
+    body = json.dumps({"model": "m", "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    answer = (b'data: {"choices":[{"index":0,"delta":{"content":"Hello there"}}]}\n\n'
+              b"data: [DONE]\n\n")
+    flow, passed = asyncio.run(run_flow(configs[3], "/v1/chat/completions", body, 200,
+                                        "text/event-stream", answer, [10, 20], False))
+    assert isinstance(flow.response.stream, LiveStream)
+    assert passed == answer
+    assert flow.metadata["lakera"]["response"]["verdict"] == "clean"

@@ -7,13 +7,15 @@ import pytest
 from lakera_addon.configuration import Settings
 from lakera_addon.decision import decide
 from lakera_addon.decision import deny_text
+from lakera_addon.failures import Failure
+from lakera_addon.failures import lakera_status
 from lakera_addon.lakera_client import LakeraClient
-from lakera_addon.lakera_client import Verdict
 from lakera_addon.lakera_client import build_payload
 from lakera_addon.lakera_client import classify
-from lakera_addon.lakera_client import merge
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import LakeraGuardStandin
+from lakera_addon.verdict import Verdict
+from lakera_addon.verdict import merge
 
 FLAGGED = json.dumps({
     "flagged": True,
@@ -49,7 +51,7 @@ def test_classify(status, body, flagged, failure) -> None:
     if failure is None:
         assert verdict.failure is None
     else:
-        assert verdict.failure is not None and failure in verdict.failure
+        assert verdict.failure is not None and failure in verdict.failure.reason
 
 
 def test_flagged_details() -> None:
@@ -68,7 +70,7 @@ def test_payload() -> None:
 
 CLEAN = Verdict(False)
 FLAG = Verdict(True, detector_types=("prompt_attack",))
-FAIL = Verdict(False, failure="Lakera Guard returned status 500")
+FAIL = Verdict(False, failure=Failure(lakera_status(500), "Lakera Guard returned status 500"))
 
 
 @pytest.mark.parametrize(
@@ -112,13 +114,15 @@ def test_deny_text() -> None:
          ("pii/email",)),
         ([Verdict(True, detector_types=("a",)), Verdict(True, detector_types=("b", "a"))],
          True, None, ("a", "b")),
-        ([Verdict(True), Verdict(False, failure="Lakera Guard returned status 500")], False,
+        ([Verdict(True), Verdict(False, failure=Failure(
+            lakera_status(500), "Lakera Guard returned status 500"))], False,
          "Lakera Guard returned status 500", ()),
     ],
 )
 def test_merge_of_parts(verdicts, flagged, failure, types) -> None:
     merged = merge(verdicts)
-    assert (merged.flagged, merged.failure, merged.detector_types) == (flagged, failure, types)
+    reason = merged.failure.reason if merged.failure else None
+    assert (merged.flagged, reason, merged.detector_types) == (flagged, failure, types)
 
 
 async def test_lone_surrogates_and_parts_reach_lakera() -> None:

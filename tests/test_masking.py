@@ -10,11 +10,11 @@ import pytest
 from lakera_addon.configuration import Settings
 from lakera_addon.decision import decide
 from lakera_addon.decision import strictest_action
-from lakera_addon.lakera_client import Verdict
+from lakera_addon.failures import MaskError
 from lakera_addon.masking import Masker
-from lakera_addon.masking import MaskError
 from lakera_addon.masking import confirmed_texts
 from lakera_addon.masking import placeholder
+from lakera_addon.verdict import Verdict
 
 EMAIL = "jane.doe@example.com"
 

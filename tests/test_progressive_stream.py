@@ -14,7 +14,7 @@ from lakera_addon.deny import cut_ending
 from lakera_addon.progressive_stream import ProgressiveTap
 from lakera_addon.progressive_stream import last_event_end
 from lakera_addon.progressive_stream import last_line_end
-from lakera_addon.standins import llm_upstream
+from lakera_addon.standins import llm_answers
 
 
 def chat_stream(pieces: list[str]) -> bytes:
@@ -36,14 +36,14 @@ def feed(tap: ProgressiveTap, chunks: list[bytes]) -> bytes:
 
 def standin_events(protocol: str, text: str) -> list[bytes]:
     """The stand-in's streamed answer in `protocol`, one SSE event (NDJSON line) a piece."""
-    mode = llm_upstream.Mode()
+    mode = llm_answers.Mode()
     pieces = [piece for piece in {
-        "openai-chat": lambda: llm_upstream.chat_stream("m", text, mode, False),
-        "anthropic-messages": lambda: llm_upstream.anthropic_stream("m", text, mode),
-        "openai-responses": lambda: llm_upstream.responses_stream("m", text, mode),
-        "gemini-generate": lambda: llm_upstream.gemini_stream("m", text, mode, sse=True),
-        "ollama-chat": lambda: llm_upstream.ollama_stream("ollama-chat", "m", text, mode),
-        "ollama-generate": lambda: llm_upstream.ollama_stream("ollama-generate", "m", text, mode),
+        "openai-chat": lambda: llm_answers.chat_stream("m", text, mode, False),
+        "anthropic-messages": lambda: llm_answers.anthropic_stream("m", text, mode),
+        "openai-responses": lambda: llm_answers.responses_stream("m", text, mode),
+        "gemini-generate": lambda: llm_answers.gemini_stream("m", text, mode, sse=True),
+        "ollama-chat": lambda: llm_answers.ollama_stream("ollama-chat", "m", text, mode),
+        "ollama-generate": lambda: llm_answers.ollama_stream("ollama-generate", "m", text, mode),
     }[protocol]() if piece != b"TERMINAL"]
     body = b"".join(pieces).replace(b"\r\n", b"\n")
     end = b"\n" if protocol.startswith("ollama") else b"\n\n"
@@ -78,7 +78,7 @@ def test_any_chunking_forwards_the_same_bytes_in_whole_events(protocol: str,
             at += size
     chunks.append(body[at:])
     whole = last_line_end if protocol == "ollama-chat" else last_event_end
-    tap = ProgressiveTap(protocol, 1 << 20, 10_000, lambda: None)
+    tap = ProgressiveTap(protocol, 1 << 20, 10_000)
     forwarded: list[bytes] = []
     for chunk in [c for c in chunks if c]:
         result = tap(chunk)
@@ -93,18 +93,24 @@ def test_any_chunking_forwards_the_same_bytes_in_whole_events(protocol: str,
 
 def test_windows_are_asked_for_one_at_a_time_on_the_newest_text() -> None:
     asked: list[int] = []
-    tap = ProgressiveTap("openai-chat", 1 << 20, 10, lambda: asked.append(tap.chars))
+    tap = ProgressiveTap("openai-chat", 1 << 20, 10)
+
+    def feed(data: bytes) -> None:  # as live_stream.LiveStream does after each chunk
+        tap(data)
+        if tap.take_window():
+            asked.append(tap.requested_chars)
+
     body = chat_stream(["abcdef"] * 10)
     events = body.split(b"\n\n")
     for event in events[:4]:  # 24 characters: one window asked for at 12
-        tap(event + b"\n\n")
+        feed(event + b"\n\n")
     assert asked == [12] and tap.in_flight
     assert tap.scanned(12) is True  # 24 - 12 >= 10: the next window is due at once
     assert tap.requested_chars == 24 and tap.clean_chars == 12
     assert tap.scanned(24) is False and not tap.in_flight
-    tap(events[4] + b"\n\n")  # 30: not yet 10 more
+    feed(events[4] + b"\n\n")  # 30: not yet 10 more
     assert asked == [12]
-    tap(events[5] + b"\n\n")  # 36
+    feed(events[5] + b"\n\n")  # 36
     assert asked == [12, 36]
 
 
@@ -119,7 +125,7 @@ def test_last_line_end(data: bytes, end: int) -> None:
 def test_after_a_cut_the_client_gets_the_ending_then_nothing(protocol) -> None:
     events = standin_events(protocol, "one two three four")
     assert assemble(protocol, b"".join(events)).text == "one two three four"
-    tap = ProgressiveTap(protocol, 1 << 20, 1, lambda: None)
+    tap = ProgressiveTap(protocol, 1 << 20, 1)
     out = b""
     for event in events:
         result = tap(event)
@@ -137,7 +143,7 @@ def test_after_a_cut_the_client_gets_the_ending_then_nothing(protocol) -> None:
 
 
 def test_a_cut_asked_for_after_the_last_chunk_goes_out_at_the_end() -> None:
-    tap = ProgressiveTap("openai-chat", 1 << 20, 1, lambda: None)
+    tap = ProgressiveTap("openai-chat", 1 << 20, 1)
     tap(b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": "hi"}}]}).encode()
         + b"\n\ndata: {\"half-sent")  # an event cut in two: its start waits
     tap.cut(cut_ending("openai-chat", "Blocked.", tap.last_text_event, None))
@@ -147,7 +153,7 @@ def test_a_cut_asked_for_after_the_last_chunk_goes_out_at_the_end() -> None:
 
 
 def test_too_large_a_stream_is_forwarded_unread() -> None:
-    tap = ProgressiveTap("openai-chat", 50, 1, lambda: None)
+    tap = ProgressiveTap("openai-chat", 50, 1)
     body = chat_stream(["x" * 40, "y" * 40])
     assert feed(tap, [body[:30], body[30:]]) == body
     assert not tap.result().complete and "max_body_bytes" in (tap.result().reason or "")
@@ -159,7 +165,7 @@ def test_a_flag_after_the_streams_own_end_adds_no_second_ending(protocol) -> Non
     """A window verdict that arrives after the upstream's last event but before the end of its
     body: the client already has the whole answer and its ending; nothing is appended."""
     events = standin_events(protocol, "one two three four")
-    tap = ProgressiveTap(protocol, 1 << 20, 1, lambda: None)
+    tap = ProgressiveTap(protocol, 1 << 20, 1)
     out = b"".join(piece if isinstance(piece, bytes) else b"".join(piece)
                    for piece in map(tap, events))
     tap.cut(cut_ending(protocol, "Blocked.", tap.last_text_event, "m", sent_text=tap.text))
@@ -172,7 +178,7 @@ def test_a_flag_after_the_streams_own_end_adds_no_second_ending(protocol) -> Non
 def test_native_cut_endings_make_up_no_usage() -> None:
     """The ending of a cut Gemini / Ollama stream carries the finish reason, the last chunk's
     ids, and none of the token counts a whole answer would (the addon does not know them)."""
-    tap = ProgressiveTap("gemini-generate", 1 << 20, 1, lambda: None)
+    tap = ProgressiveTap("gemini-generate", 1 << 20, 1)
     for event in standin_events("gemini-generate", "one two")[:1]:
         tap(event)
     last = tap.last_text_event

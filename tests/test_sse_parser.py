@@ -24,7 +24,7 @@ def parse(chunks: list[bytes]) -> list[SSEEvent]:
     events: list[SSEEvent] = []
     for chunk in chunks:
         events.extend(parser.feed(chunk))
-    events.extend(parser.finish())
+    parser.finish()
     return events
 
 
@@ -110,8 +110,9 @@ def test_pending(chunks: list[bytes], pending: bool) -> None:
     for chunk in chunks:
         parser.feed(chunk)
     assert parser.pending is pending
-    assert parser.finish() == []
+    parser.finish()
     assert parser.pending is False
+    assert parser.feed(b"\n\n") == []  # what was pending is gone, not dispatched later
 
 
 def test_bytes_seen() -> None:
@@ -171,5 +172,6 @@ def test_random_bytes_never_raise(chunks: list[bytes]) -> None:
     for chunk in chunks:
         for event in parser.feed(chunk):
             assert isinstance(event.data, str)
-    assert parser.finish() == []
+    parser.finish()
+    assert parser.pending is False
     assert parser.bytes_seen == sum(len(c) for c in chunks)

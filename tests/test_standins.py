@@ -20,7 +20,7 @@ from google.genai import types as genai_types
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import PII_TRIGGER
 from lakera_addon.standins.lakera_guard import LakeraGuardStandin
-from lakera_addon.standins.llm_upstream import DEFAULT_REPLY
+from lakera_addon.standins.llm_answers import DEFAULT_REPLY
 from lakera_addon.standins.llm_upstream import LLMUpstreamStandin
 
 KEY = "k-standin"

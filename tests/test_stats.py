@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
 from mitmproxy.test import taddons
 
 from lakera_addon.decision import Decision
+from lakera_addon.failures import Failure
+from lakera_addon.failures import FailureKind
+from lakera_addon.failures import lakera_status
 from lakera_addon.guard_addon import LakeraGuard
-from lakera_addon.lakera_client import Verdict
 from lakera_addon.stats import Stats
-from lakera_addon.stats import failure_kind
-
-
-@pytest.mark.parametrize(
-    ("reason", "kind"),
-    [("Lakera Guard did not answer within 300 ms", "timeout"),
-     ("failed to reach Lakera Guard: ClientConnectorError", "unreachable"),
-     ("Lakera Guard returned status 429", "status 429"),
-     ("Lakera Guard returned status 503", "status 5xx/other"),
-     ("Lakera Guard returned a body that is not JSON", "not JSON"),
-     ("Lakera Guard answer has no boolean 'flagged'", "no verdict"),
-     ("response larger than max_body_bytes (4096 bytes)", "too large"),
-     ("stream ended before its terminal event", "stream unreadable"),
-     (None, "other")],
-)
-def test_failure_kinds(reason, kind) -> None:
-    assert failure_kind(reason) == kind
+from lakera_addon.verdict import Verdict
 
 
 def test_summary_counts_and_percentiles() -> None:
@@ -34,8 +19,10 @@ def test_summary_counts_and_percentiles() -> None:
         stats.observe("request", Decision("clean", False), Verdict(False, latency_ms=float(ms)))
     stats.observe("request", Decision("flagged", True), Verdict(True, latency_ms=50.0))
     stats.observe("response", Decision("flagged", False), Verdict(True, latency_ms=50.0))
-    stats.observe("response", Decision("failure", True, "Lakera Guard returned status 429"),
-                  Verdict(False, failure="Lakera Guard returned status 429", latency_ms=9.0))
+    stats.observe("response", Decision("failure", True, "Lakera Guard returned status 429",
+                                       kind=FailureKind.STATUS_429),
+                  Verdict(False, failure=Failure(
+                      lakera_status(429), "Lakera Guard returned status 429"), latency_ms=9.0))
     stats.observe("request", Decision("unscanned", False, "no text"), None)
     summary = stats.summary()
     assert "screened 103 (101 requests, 2 responses)" in summary

@@ -7,10 +7,12 @@ import asyncio
 import pytest
 
 from lakera_addon.configuration import Settings
+from lakera_addon.failures import Failure
+from lakera_addon.failures import lakera_status
 from lakera_addon.lakera_client import LakeraClient
-from lakera_addon.lakera_client import Verdict
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import LakeraGuardStandin
+from lakera_addon.verdict import Verdict
 from lakera_addon.verdict_cache import VerdictCache
 from lakera_addon.verdict_cache import cache_key
 
@@ -24,7 +26,8 @@ class Clock:
 
 
 CLEAN = Verdict(False, latency_ms=12.0)
-FAILED = Verdict(False, failure="Lakera Guard returned status 500", latency_ms=3.0)
+FAILED = Verdict(False, failure=Failure(lakera_status(500), "Lakera Guard returned status 500"),
+                 latency_ms=3.0)
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import time
 import uuid
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import anthropic
@@ -72,3 +75,100 @@ def llm_saw(llm: Any, needle: str) -> list[dict[str, Any]]:
         if headers.get("x-test-id") == needle or needle in str(request.get("body")):
             seen.append(request)
     return seen
+
+
+# --- the official SDKs as a caller uses them --------------------------------------------------
+
+PROTOCOLS = ["chat", "responses", "anthropic"]  # openai chat, openai responses, anthropic
+
+
+def standin_headers(reply: str | None = None, mode: str = "") -> dict[str, str]:
+    """The LLM stand-in's switches: the reply text it sends, and its modes."""
+    headers = {}
+    if reply is not None:
+        headers["x-standin-reply-b64"] = base64.b64encode(reply.encode()).decode()
+    if mode:
+        headers["x-standin-mode"] = mode
+    return headers
+
+
+def ask(c: Client, protocol: str, stream: bool, prompt: str, reply: str | None = None,
+        mode: str = "") -> str:
+    """The assistant text the official SDK hands to its caller for a one-turn prompt."""
+    headers = standin_headers(reply, mode)
+    messages: Any = [{"role": "user", "content": prompt}]
+    if protocol == "chat":
+        if stream:
+            chunks = c.openai.chat.completions.create(
+                model="gpt-test", messages=messages, stream=True, extra_headers=headers)
+            return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        answer = c.openai.chat.completions.create(
+            model="gpt-test", messages=messages, extra_headers=headers)
+        return answer.choices[0].message.content or ""
+    if protocol == "responses":
+        if stream:
+            events = c.openai.responses.create(
+                model="gpt-test", input=prompt, stream=True, extra_headers=headers)
+            return "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        return c.openai.responses.create(
+            model="gpt-test", input=prompt, extra_headers=headers).output_text
+    if stream:
+        anthropic_events = c.anthropic.messages.create(
+            model="claude-test", max_tokens=50, messages=messages, stream=True,
+            extra_headers=headers)
+        return "".join(e.delta.text for e in anthropic_events
+                       if e.type == "content_block_delta" and e.delta.type == "text_delta")
+    message = c.anthropic.messages.create(
+        model="claude-test", max_tokens=50, messages=messages, extra_headers=headers)
+    return "".join(b.text for b in message.content if b.type == "text")
+
+
+@dataclass
+class Streamed:
+    """What the caller of a streamed answer got, and when."""
+
+    text: str = ""
+    ending: str | None = None  # finish reason / stop reason / final event type
+    first_text_at: float | None = None  # seconds from the request
+    ended_at: float = 0.0
+    events: list[str] = field(default_factory=list)
+
+
+def stream_answer(c: Client, protocol: str, reply: str, mode: str = "delay-ms=5") -> Streamed:
+    """Stream an answer through the official SDK; what the caller got, how it ended, when."""
+    headers = standin_headers(reply, mode)
+    got = Streamed()
+    started = time.perf_counter()
+
+    def add(text: str | None) -> None:
+        if text:
+            if got.first_text_at is None:
+                got.first_text_at = time.perf_counter() - started
+            got.text += text
+
+    prompt: Any = [{"role": "user", "content": f"hello {c.id}"}]
+    if protocol == "chat":
+        for chunk in c.openai.chat.completions.create(
+                model="gpt-test", messages=prompt, stream=True, extra_headers=headers):
+            for choice in chunk.choices:
+                add(choice.delta.content)
+                got.ending = choice.finish_reason or got.ending
+    elif protocol == "responses":
+        for event in c.openai.responses.create(
+                model="gpt-test", input=f"hello {c.id}", stream=True, extra_headers=headers):
+            got.events.append(event.type)
+            if event.type == "response.output_text.delta":
+                add(event.delta)
+            elif event.type == "response.incomplete":
+                details = event.response.incomplete_details
+                got.ending = f"incomplete:{details.reason if details else None}"
+            elif event.type == "response.completed":
+                got.ending = "completed"
+    else:
+        with c.anthropic.messages.stream(model="claude-test", max_tokens=50, messages=prompt,
+                                         extra_headers=headers) as events:
+            for text in events.text_stream:
+                add(text)
+            got.ending = events.get_final_message().stop_reason
+    got.ended_at = time.perf_counter() - started
+    return got

@@ -110,8 +110,8 @@ def test_long_conversation_sends_system_and_recent_turns(clients: Clients, proxy
     assert sum(len(m["content"].encode()) for m in sent) <= 4096
     assert [m["content"] for m in sent[1:]] == [m["content"] for m in messages[-len(sent) + 1:]]
     record = proxy.wait_for_record(c.id, lambda r: r["hook"] == "response")
-    assert record["lakera"]["request"]["cut"].startswith(f"{len(messages) - len(sent)} older of "
-                                                        f"{len(messages)} messages left out")
+    assert record["lakera"]["request"]["coverage"].startswith(
+        f"{len(messages) - len(sent)} older of {len(messages)} messages left out")
     assert proxy.wait_for_logged("request screened in part [POST 127.0.0.1/budget/")
 
 
@@ -154,7 +154,7 @@ def test_long_answer_is_screened_whole_in_parts(clients: Clients, proxy: Proxy, 
     record = proxy.wait_for_record(
         c.id, lambda r: ((r["lakera"] or {}).get("response") or {}).get("verdict") == "flagged")
     assert re.fullmatch(r"answer screened in \d+ overlapping parts of at most "
-                        r"max_screen_bytes \(4096\)", record["lakera"]["response"]["cut"])
+                        r"max_screen_bytes \(4096\)", record["lakera"]["response"]["coverage"])
     parts = [b for b in lakera.received
              if b["messages"][0]["role"] == "assistant" and "v v v" in b["messages"][0]["content"]
              and b["messages"][0]["content"].endswith(ATTACK_TRIGGER)]

@@ -29,7 +29,7 @@ from lakera_addon.cli import allow_hosts_regex
 from lakera_addon.cli import config_hosts
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import LakeraGuardStandin
-from lakera_addon.standins.llm_upstream import DEFAULT_REPLY
+from lakera_addon.standins.llm_answers import DEFAULT_REPLY
 from lakera_addon.standins.llm_upstream import LLMUpstreamStandin
 from tests.harness import Proxy
 from tests.harness import run_mitmdump

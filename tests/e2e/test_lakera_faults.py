@@ -36,6 +36,7 @@ from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import LakeraGuardStandin
 from lakera_addon.standins.llm_upstream import LLMUpstreamStandin
 from tests.e2e.clients import Client
+from tests.e2e.clients import ask
 from tests.e2e.clients import lakera_bodies
 from tests.e2e.clients import llm_saw
 from tests.e2e.conftest import LAKERA_KEY
@@ -172,36 +173,6 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def ask(c: Client, protocol: str, stream: bool, prompt: str, reply: str) -> str:
-    """The assistant text the official SDK hands to its caller."""
-    headers = {"x-standin-reply-b64": b64(reply)}
-    messages = [{"role": "user", "content": prompt}]
-    if protocol == "chat":
-        if stream:
-            chunks = c.openai.chat.completions.create(
-                model="gpt-test", messages=messages, stream=True, extra_headers=headers)
-            return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-        answer = c.openai.chat.completions.create(
-            model="gpt-test", messages=messages, extra_headers=headers)
-        return answer.choices[0].message.content or ""
-    if protocol == "responses":
-        if stream:
-            events = c.openai.responses.create(
-                model="gpt-test", input=prompt, stream=True, extra_headers=headers)
-            return "".join(e.delta for e in events if e.type == "response.output_text.delta")
-        return c.openai.responses.create(
-            model="gpt-test", input=prompt, extra_headers=headers).output_text
-    if stream:
-        anthropic_events = c.anthropic.messages.create(
-            model="claude-test", max_tokens=50, messages=messages, stream=True,
-            extra_headers=headers)
-        return "".join(e.delta.text for e in anthropic_events
-                       if e.type == "content_block_delta" and e.delta.type == "text_delta")
-    message = c.anthropic.messages.create(
-        model="claude-test", max_tokens=50, messages=messages, extra_headers=headers)
-    return "".join(b.text for b in message.content if b.type == "text")
-
-
 def raw_stream(c: Client, protocol: str, prompt: str, reply: str) -> httpx.Response:
     """The exact bytes of a streamed answer, without an SDK in between."""
     body: dict[str, Any] = {"model": "m", "stream": True, "max_tokens": 50}
@@ -241,10 +212,6 @@ def expected(fault: Fault, action: str, fail_open: bool) -> tuple[str, str]:
     return "pass", ""
 
 
-# Addon bugs found by this matrix: {case id: reason}; those cases are strict xfails.
-KNOWN_BUGS: dict[str, str] = {}
-
-
 def case_id(protocol: str, fault: str, side: str, stream: bool, action: str,
             fail_open: bool) -> str:
     return (f"{protocol}-{fault}-{side}-{'stream' if stream else 'json'}-{action}-"
@@ -259,13 +226,7 @@ def cases() -> list[Any]:
     rows += [(protocol, fault, side, True, "block", fail_open)
              for protocol in ("anthropic", "responses") for fault in FAULTS
              for side in DIRECTIONS for fail_open in (False, True)]
-    params = []
-    for row in rows:
-        name = case_id(*row)
-        marks = ([pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name])]
-                 if name in KNOWN_BUGS else [])
-        params.append(pytest.param(*row, id=name, marks=marks))
-    return params
+    return [pytest.param(*row, id=case_id(*row)) for row in rows]
 
 
 @pytest.mark.parametrize(("protocol", "fault_name", "side", "stream", "action", "fail_open"),

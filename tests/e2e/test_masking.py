@@ -13,8 +13,8 @@ import pytest
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import PII_TRIGGER
 from lakera_addon.standins.lakera_guard import PROFANITY_TRIGGER
-from tests.e2e.clients import Client
 from tests.e2e.clients import Clients
+from tests.e2e.clients import ask
 from tests.e2e.clients import lakera_bodies
 from tests.e2e.clients import llm_saw
 from tests.harness import Proxy
@@ -33,29 +33,6 @@ def request_record(proxy: Proxy, test_id: str) -> dict[str, Any]:
     record: dict[str, Any] = proxy.wait_for_record(
         test_id, lambda r: r["hook"] == "response")["lakera"]["request"]
     return record
-
-
-def ask(c: Client, protocol: str, stream: bool, text: str) -> str:
-    if protocol == "chat":
-        if stream:
-            chunks = c.openai.chat.completions.create(
-                model="m", stream=True, messages=[{"role": "user", "content": text}])
-            return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-        answer = c.openai.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": text}])
-        return answer.choices[0].message.content or ""
-    if protocol == "responses":
-        if stream:
-            events = c.openai.responses.create(model="m", input=text, stream=True)
-            return "".join(e.delta for e in events if e.type == "response.output_text.delta")
-        return c.openai.responses.create(model="m", input=text).output_text
-    if stream:
-        with c.anthropic.messages.stream(model="m", max_tokens=9, messages=[
-                {"role": "user", "content": text}]) as s:
-            return s.get_final_text()
-    message = c.anthropic.messages.create(model="m", max_tokens=9, messages=[
-        {"role": "user", "content": text}])
-    return "".join(b.text for b in message.content if b.type == "text")
 
 
 @pytest.mark.parametrize("protocol", ["chat", "responses", "anthropic"])

@@ -416,7 +416,7 @@ def test_progressive_stream_is_cut_in_the_protocols_shape(proxy: Proxy, llm, kin
     assert TAIL.encode() in bytes(llm.sent[test_id])  # the upstream did send it all
     record = verdict(proxy, test_id, "response", "flagged")
     assert record["lakera"]["response"]["action"] == "blocked"
-    assert "progressive stream cut" in record["lakera"]["response"]["cut"]
+    assert "progressive stream cut" in record["lakera"]["response"]["coverage"]
     assert record["marked"] == ":no_entry:"
 
 

@@ -4,74 +4,20 @@ own shape, which the official SDKs parse as an ordinary end of stream."""
 
 from __future__ import annotations
 
-import base64
-import time
-from dataclasses import dataclass
-from dataclasses import field
 from typing import Any
 
 import pytest
 
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import PII_TRIGGER
-from tests.e2e.clients import Client
+from tests.e2e.clients import PROTOCOLS
 from tests.e2e.clients import Clients
 from tests.e2e.clients import lakera_bodies
+from tests.e2e.clients import stream_answer
 from tests.harness import Proxy
 
 DENY = "Response blocked by Lakera Guard"
-PROTOCOLS = ["chat", "responses", "anthropic"]
 TAIL = "TAIL-MARKER-END"
-
-
-@dataclass
-class Streamed:
-    text: str = ""
-    ending: str | None = None  # finish reason / stop reason / final event type
-    first_text_at: float | None = None
-    ended_at: float = 0.0
-    events: list[str] = field(default_factory=list)
-
-
-def stream(c: Client, protocol: str, reply: str, mode: str = "delay-ms=5") -> Streamed:
-    """Stream an answer through the SDK; what the caller got, and when."""
-    headers = {"x-standin-mode": mode,
-               "x-standin-reply-b64": base64.b64encode(reply.encode()).decode()}
-    got = Streamed()
-    started = time.perf_counter()
-
-    def add(text: str | None) -> None:
-        if text:
-            if got.first_text_at is None:
-                got.first_text_at = time.perf_counter() - started
-            got.text += text
-
-    prompt = [{"role": "user", "content": f"hello {c.id}"}]
-    if protocol == "chat":
-        for chunk in c.openai.chat.completions.create(
-                model="gpt-test", messages=prompt, stream=True, extra_headers=headers):
-            for choice in chunk.choices:
-                add(choice.delta.content)
-                got.ending = choice.finish_reason or got.ending
-    elif protocol == "responses":
-        for event in c.openai.responses.create(
-                model="gpt-test", input=f"hello {c.id}", stream=True, extra_headers=headers):
-            got.events.append(event.type)
-            if event.type == "response.output_text.delta":
-                add(event.delta)
-            elif event.type == "response.incomplete":
-                details = event.response.incomplete_details
-                got.ending = f"incomplete:{details.reason if details else None}"
-            elif event.type == "response.completed":
-                got.ending = "completed"
-    else:
-        with c.anthropic.messages.stream(model="claude-test", max_tokens=50, messages=prompt,
-                                         extra_headers=headers) as events:
-            for text in events.text_stream:
-                add(text)
-            got.ending = events.get_final_message().stop_reason
-    got.ended_at = time.perf_counter() - started
-    return got
 
 
 CUT_ENDING = {"chat": "content_filter", "responses": "incomplete:content_filter",
@@ -95,7 +41,7 @@ def test_clean_answer_streams_whole_and_is_screened_in_windows(
 ) -> None:
     c = clients.make("progressive")
     reply = f"{c.id} " + words(150, "clean") + TAIL  # ~1,300 characters
-    got = stream(c, protocol, reply)
+    got = stream_answer(c, protocol, reply)
     assert got.text == reply
     assert got.ending == NORMAL_ENDING[protocol]
     record = response_record(proxy, c.id)
@@ -114,7 +60,7 @@ def test_flag_mid_stream_ends_it_in_the_protocols_shape(
 ) -> None:
     c = clients.make("progressive")
     reply = f"{c.id} " + words(60, "before") + trigger + " " + words(400, "after") + TAIL
-    got = stream(c, protocol, reply)
+    got = stream_answer(c, protocol, reply)
     assert got.ending == CUT_ENDING[protocol]
     assert got.text.endswith("\n\n" + DENY)
     assert TAIL not in got.text
@@ -128,7 +74,7 @@ def test_flag_mid_stream_ends_it_in_the_protocols_shape(
     record = response_record(proxy, c.id)
     response = record["lakera"]["response"]
     assert response["verdict"] == "flagged" and response["action"] == "blocked"
-    assert "progressive stream cut" in response["cut"]
+    assert "progressive stream cut" in response["coverage"]
     assert record["marked"] == ":no_entry:"
 
 
@@ -138,7 +84,7 @@ def test_first_token_arrives_long_before_the_end(
 ) -> None:
     c = clients.make("progressive")
     reply = f"{c.id} " + words(80, "w")
-    got = stream(c, protocol, reply, mode="delay-ms=20")  # ~1.6 s of streaming
+    got = stream_answer(c, protocol, reply, mode="delay-ms=20")  # ~1.6 s of streaming
     assert got.text == reply
     assert got.first_text_at is not None and got.first_text_at < got.ended_at / 3
 
@@ -149,7 +95,7 @@ def test_lakera_failure_mid_stream_follows_fail_open(
 ) -> None:
     c = clients.make(route)
     reply = f"{c.id} " + words(40, "a") + "lakera-500 " + words(200, "b") + TAIL
-    got = stream(c, "chat", reply)
+    got = stream_answer(c, "chat", reply)
     record = response_record(proxy, c.id)
     assert record["lakera"]["response"]["verdict"] == "failure"
     if cut:
@@ -166,19 +112,19 @@ def test_flag_in_the_last_window_is_recorded_after_the_end(
 ) -> None:
     c = clients.make("progressive")
     reply = f"{c.id} tiny answer {ATTACK_TRIGGER}"  # shorter than one window
-    got = stream(c, protocol, reply)
+    got = stream_answer(c, protocol, reply)
     assert got.text == reply, "nothing could be cut: the stream ended before a window"
     record = response_record(proxy, c.id)
     response = record["lakera"]["response"]
     assert response["verdict"] == "flagged" and response["action"] == "allowed"
-    assert "after the end of the stream" in response["cut"]
+    assert "after the end of the stream" in response["coverage"]
     assert record["marked"] == ":warning:"
 
 
 def test_mask_route_holds_streams_instead(clients: Clients, lakera: Any) -> None:
     c = clients.make("progressive-mask")
     reply = f"{c.id} " + words(60, "w") + " mail me at someone@example.com " + words(60, "x")
-    got = stream(c, "chat", reply)
+    got = stream_answer(c, "chat", reply)
     assert "someone@example.com" not in got.text and "[" in got.text
     assert got.first_text_at is not None and got.first_text_at > 0.8 * got.ended_at
 

@@ -20,6 +20,7 @@ from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import PII_TRIGGER
 from tests.e2e.clients import Client
 from tests.e2e.clients import Clients
+from tests.e2e.clients import ask
 from tests.e2e.clients import lakera_bodies
 from tests.harness import Proxy
 
@@ -27,39 +28,6 @@ DENY = "Response blocked by Lakera Guard"
 PROTOCOLS = ["chat", "responses", "anthropic"]
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses",
          "anthropic": "/v1/messages"}
-
-
-def ask(c: Client, protocol: str, stream: bool, reply: str | None = None,
-        mode: str = "") -> str:
-    """The assistant text the SDK hands to its caller."""
-    headers = {"x-standin-mode": mode}
-    if reply is not None:
-        headers["x-standin-reply-b64"] = base64.b64encode(reply.encode()).decode()
-    prompt = [{"role": "user", "content": f"hello {c.id}"}]
-    if protocol == "chat":
-        if stream:
-            chunks = c.openai.chat.completions.create(
-                model="gpt-test", messages=prompt, stream=True, extra_headers=headers)
-            return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-        answer = c.openai.chat.completions.create(
-            model="gpt-test", messages=prompt, extra_headers=headers)
-        return answer.choices[0].message.content or ""
-    if protocol == "responses":
-        if stream:
-            events = c.openai.responses.create(
-                model="gpt-test", input=f"hello {c.id}", stream=True, extra_headers=headers)
-            return "".join(e.delta for e in events if e.type == "response.output_text.delta")
-        return c.openai.responses.create(
-            model="gpt-test", input=f"hello {c.id}", extra_headers=headers).output_text
-    if stream:
-        anthropic_events = c.anthropic.messages.create(
-            model="claude-test", max_tokens=50, messages=prompt, stream=True,
-            extra_headers=headers)
-        return "".join(e.delta.text for e in anthropic_events
-                       if e.type == "content_block_delta" and e.delta.type == "text_delta")
-    message = c.anthropic.messages.create(
-        model="claude-test", max_tokens=50, messages=prompt, extra_headers=headers)
-    return "".join(b.text for b in message.content if b.type == "text")
 
 
 def raw(c: Client, protocol: str, stream: bool, reply: str, mode: str = "") -> Any:
@@ -109,7 +77,7 @@ def test_decision_table(clients: Clients, proxy: Proxy, lakera, route, answer, p
     reply = f"{ANSWERS[answer]} {c.id}"
     flagged_outcome, failure_outcome = ROUTE_OUTCOMES[route]
     outcome = {"clean": "pass", "flagged": flagged_outcome, "failure": failure_outcome}[answer]
-    text = ask(c, protocol, stream, reply)
+    text = ask(c, protocol, stream, f"hello {c.id}", reply)
     assert text == (reply if outcome == "pass" else DENY)
     verdict = {"clean": "clean", "flagged": "flagged", "failure": "failure"}[answer]
     record = response_verdict(proxy, c.id, verdict)
@@ -206,7 +174,7 @@ def test_pass_through_stream_cut_short_is_screened_as_received(
         received = None
     record = response_verdict(proxy, c.id, answer)
     assert record["hook"] == "update"
-    assert reason in record["lakera"]["response"]["cut"]
+    assert reason in record["lakera"]["response"]["coverage"]
     assert [s["messages"][0]["content"] for s in answer_scans(lakera, c.id)] == [reply]
     if received is not None:
         assert received == bytes(llm.sent[c.id])
@@ -353,9 +321,10 @@ def test_json_answer_to_a_stream_request(clients: Clients, proxy: Proxy, protoco
 @pytest.mark.parametrize("stream", [False, True])
 def test_gzip_answers_are_screened(clients: Clients, protocol, stream) -> None:
     c = clients.make("block")
-    assert ask(c, protocol, stream, f"Compressed {c.id}", "gzip") == f"Compressed {c.id}"
+    text = ask(c, protocol, stream, f"hello {c.id}", f"Compressed {c.id}", "gzip")
+    assert text == f"Compressed {c.id}"
     c2 = clients.make("block")
-    assert ask(c2, protocol, stream, f"{ATTACK_TRIGGER} {c2.id}", "gzip") == DENY
+    assert ask(c2, protocol, stream, f"hello {c2.id}", f"{ATTACK_TRIGGER} {c2.id}", "gzip") == DENY
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -363,7 +332,7 @@ def test_gzip_answers_are_screened(clients: Clients, protocol, stream) -> None:
 def test_answer_over_max_body_bytes_follows_fail_open(clients: Clients, proxy: Proxy, llm,
                                                       stream, route) -> None:
     c = clients.make(route)
-    text = ask(c, "chat", stream, "x" * 100 + " ", "repeat=100")
+    text = ask(c, "chat", stream, f"hello {c.id}", "x" * 100 + " ", "repeat=100")
     record = response_verdict(proxy, c.id, "failure")
     assert "max_body_bytes (4096 bytes)" in record["lakera"]["response"]["failure"]
     if route == "small":
@@ -380,11 +349,12 @@ def test_answer_over_max_body_bytes_follows_fail_open(clients: Clients, proxy: P
 def test_streamed_deny_takes_the_deny_code(clients: Clients, stream) -> None:
     c = clients.make("reveal")
     with pytest.raises(openai.PermissionDeniedError) as raised:
-        ask(c, "chat", stream, f"{ATTACK_TRIGGER} {c.id}")
+        ask(c, "chat", stream, f"hello {c.id}", f"{ATTACK_TRIGGER} {c.id}")
     assert raised.value.status_code == 403
     assert "Flagged categories: prompt_attack" in str(raised.value.body or raised.value)
+    c = clients.make("reveal")
     with pytest.raises(anthropic.PermissionDeniedError):
-        ask(clients.make("reveal"), "anthropic", stream, f"{ATTACK_TRIGGER} x")
+        ask(c, "anthropic", stream, f"hello {c.id}", f"{ATTACK_TRIGGER} x")
 
 
 def test_output_direction_screens_answers_only(clients: Clients, proxy: Proxy, lakera,

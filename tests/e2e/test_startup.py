@@ -14,11 +14,18 @@ from tests.harness import run_mitmdump_once
 
 BAD_FILES = [
     ("unknown key", "bogus: 1\n", "bogus: unknown key; allowed:"),
-    ("wrong type", "fail_open: maybe\n", "fail_open: must be true or false"),
-    ("out of range", "timeout: 0\n", "timeout: must be an integer from 1 to 600000"),
+    ("wrong type", "fail_open: maybe\n",
+     "fail_open: 'maybe' is not allowed; must be true or false"),
+    ("out of range", "timeout: 0\n",
+     "timeout: 0 is not allowed; must be an integer from 1 to 600000"),
+    ("not a choice", "direction: sideways\n",
+     "direction: 'sideways' is not allowed; must be input or output or both"),
     ("unreadable YAML", "routes: [\n", "not valid YAML at line"),
     ("no API key", "direction: both\n", "api_key: required for the hosted endpoint"),
-    ("bad route", "api_key: k\nroutes:\n  - name: x\n", "routes[0] (x): hosts: must be"),
+    ("bad route", "api_key: k\nroutes:\n  - name: x\n",
+     "routes[0] (x): hosts: None is not allowed; must be"),
+    ("bad protocol", "api_key: k\nroutes:\n  - {name: x, hosts: [h], protocol: grpc}\n",
+     "routes[0] (x): protocol: 'grpc' is not allowed; must be auto, openai-chat"),
 ]
 
 
@@ -36,6 +43,7 @@ def test_bad_config_stops_mitmdump(tmp_path: Path, name: str, text: str, message
     assert code not in (None, 0), f"mitmdump ran with a bad config:\n{output}"
     lines = [line for line in output.splitlines() if f"lakera_config: {config}:" in line]
     assert lines and message in lines[0], output
+    assert len(lines) == 1 and "Traceback" not in output, output  # one line, nothing chained
     assert "Error logged during startup, exiting" in output
 
 
@@ -61,7 +69,7 @@ def test_console_script_refuses_before_starting(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        f"error: lakera_config: {config}: action: must be block or alert")
+        f"error: lakera_config: {config}: action: 'deny' is not allowed; must be block or alert")
 
 
 def test_good_config_announces_the_guard(proxy) -> None:

@@ -1,0 +1,135 @@
+"""Answers held whole until their verdict (SPEC section 5): JSON answers, and streamed answers
+in `stream_mode: held`. Released as they came, masked, or replaced by the deny."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from mitmproxy import http
+
+from lakera_addon import answer_text
+from lakera_addon import assembly
+from lakera_addon import content_decoding
+from lakera_addon import masking
+from lakera_addon import routing
+from lakera_addon.bodies import maybe_off_loop
+from lakera_addon.bodies import parse_json
+from lakera_addon.decision import Decision
+from lakera_addon.decision import decide
+from lakera_addon.decision import decide_failure
+from lakera_addon.deny import build_deny
+from lakera_addon.failures import CannotScreen
+from lakera_addon.failures import Failure
+from lakera_addon.failures import FailureKind
+from lakera_addon.failures import MaskError
+from lakera_addon.flow_state import FlowState
+from lakera_addon.verdict import Verdict
+from lakera_addon.verdicts import Verdicts
+
+
+class HeldAnswer:
+    def __init__(self, verdicts: Verdicts) -> None:
+        self.verdicts = verdicts
+
+    async def screen(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        try:
+            await self._screen(flow, state)
+        except Exception as e:  # a bug must not release a held answer unscreened
+            self.verdicts.internal_error(flow, state.route, "response", e, state)
+
+    async def _screen(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        route, settings = state.route, state.settings
+        text, failure, document = await self._text(flow, state)
+        if failure is not None and flow.response is not None and flow.response.stream:
+            # another addon streamed it to the client already: a deny could not take effect
+            self.verdicts.record(flow, route, "response",
+                                 Decision("failure", False, failure.reason, kind=failure.kind))
+            return
+        if failure is not None:
+            decision = decide_failure(failure, settings)
+            self.verdicts.record(flow, route, "response", decision)
+            if decision.deny:
+                self.verdicts.deny(flow, state, "response", None)
+            return
+        if not text:
+            self.verdicts.unscanned(flow, route, "response", "no assistant text")
+            return
+        parts = self.verdicts.answer_parts(flow, route, text)
+        verdict = await self.verdicts.lakera.screen_parts(settings, parts)
+        decision = decide(verdict, settings)
+        masked: Counter[str] | None = None
+        if decision.mask:
+            try:
+                if len(parts) > 1:
+                    raise MaskError("an answer screened in parts cannot be masked")
+                masked = self._mask(flow, state, text, document, verdict)
+            except MaskError as e:
+                decision = decide_failure(e.failure("cannot mask: "), settings)
+        self.verdicts.record(flow, route, "response", decision, verdict, masked)
+        if decision.deny:
+            self.verdicts.deny(flow, state, "response", verdict)
+
+    @staticmethod
+    def _mask(
+        flow: http.HTTPFlow,
+        state: FlowState,
+        text: str,
+        document: Any,
+        verdict: Verdict,
+    ) -> Counter[str]:
+        """Mask the confirmed texts in the answer. A JSON answer is masked in place (ids, usage,
+        tool calls kept; the texts masked wherever they occur); a held stream is re-framed from
+        its masked text in the protocol's own shape, so that the SDKs parse it. `document` is the
+        parsed JSON answer, None for a stream."""
+        assert flow.response is not None
+        masker = masking.Masker(masking.confirmed(state.settings, [
+            {"role": "assistant", "content": text}], verdict))
+        if document is not None:
+            masked = masker.document(document)
+            flow.response.headers.pop("content-encoding", None)
+            flow.response.content = json.dumps(masked, ensure_ascii=False).encode()
+            flow.response.headers["x-lakera-guard"] = "masked"
+            return masker.counts
+        released = build_deny(
+            state.protocol,
+            masker.text(text),
+            status=flow.response.status_code,
+            stream=True,
+            model=state.model,
+            json_array=state.json_array,
+        )
+        headers = {**released.headers, "x-lakera-guard": "masked"}
+        flow.response = http.Response.make(released.status, released.body, headers)
+        return masker.counts
+
+    @staticmethod
+    async def _text(flow: http.HTTPFlow, state: FlowState) -> tuple[str, Failure | None, Any]:
+        """(assistant text, failure, the parsed JSON answer or None for a stream) of a buffered
+        response."""
+        assert flow.response is not None
+        limit = state.settings.max_body_bytes
+        if flow.response.stream:
+            return "", Failure(FailureKind.STREAM_UNREADABLE,
+                               "response was streamed by another addon, not held"), None
+        try:
+            content = content_decoding.decode_bounded(
+                flow.response.raw_content or b"",
+                flow.response.headers.get("content-encoding"), limit)
+        except CannotScreen as e:
+            return "", e.failure("response "), None
+        except ValueError:
+            return "", Failure(FailureKind.ANSWER_UNREADABLE,
+                               "response body cannot be decoded"), None
+        if routing.is_streamed_answer(flow.response.headers.get("content-type")):
+            result = await maybe_off_loop(len(content), assembly.assemble, state.protocol,
+                                          content, state.candidates)
+            return (result.text, None, None) if result.complete else ("", result.failure, None)
+        try:
+            body = await parse_json(content)
+        except CannotScreen as e:
+            return "", e.failure("response body "), None
+        if body is None:
+            return "", Failure(FailureKind.ANSWER_UNREADABLE, "response body is not JSON"), None
+        return answer_text.response_text(state.protocol, body), None, body

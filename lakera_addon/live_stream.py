@@ -1,0 +1,183 @@
+"""Streamed answers that stay live (SPEC section 5, stream modes): each kind is one object that
+owns all of a stream's state and is itself the stream function mitmproxy calls.
+
+- `PassThrough` (shadow routes): every chunk forwarded at once, screened when the stream ends,
+  only logged.
+- `LiveStream` (`stream_mode: progressive`): whole events forwarded at once, screened in windows
+  behind the stream, cut with the protocol's own ending on a flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+
+from mitmproxy import http
+from mitmproxy.utils import asyncio_utils
+
+from lakera_addon import reporting
+from lakera_addon import screen_budget
+from lakera_addon.decision import Decision
+from lakera_addon.decision import decide
+from lakera_addon.decision import decide_failure
+from lakera_addon.decision import deny_text
+from lakera_addon.deny import CUT_PROTOCOLS
+from lakera_addon.deny import cut_ending
+from lakera_addon.failures import Failure
+from lakera_addon.failures import FailureKind
+from lakera_addon.flow_state import FlowState
+from lakera_addon.progressive_stream import ProgressiveTap
+from lakera_addon.stream_tap import StreamTap
+from lakera_addon.verdict import Verdict
+from lakera_addon.verdicts import Verdicts
+
+logger = logging.getLogger("lakera_addon")
+
+
+def can_stay_live(response: http.Response, state: FlowState) -> bool:
+    """`stream_mode: progressive` applies to a stream the addon can end in its protocol's own
+    shape: an identity-encoded body (the ending is appended as plain text) of unknown length
+    (chunked or HTTP/2: the length changes); others are held."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    return (state.settings.progressive and state.protocol in CUT_PROTOCOLS
+            and encoding in ("", "identity") and "content-length" not in response.headers)
+
+
+class PassThrough:
+    """A shadow route's streamed answer: forwarded untouched, screened at the end."""
+
+    def __init__(self, state: FlowState, verdicts: Verdicts, content_encoding: str | None) -> None:
+        self.state = state
+        self.verdicts = verdicts
+        self.tap = StreamTap(state.protocol, content_encoding, state.settings.max_body_bytes,
+                             state.candidates)
+
+    async def end(self, flow: http.HTTPFlow) -> None:
+        """After the stream (ended or cut short): screen what the client received, and log."""
+        route, verdicts = self.state.route, self.verdicts
+        result = self.tap.result()
+        partial = "" if result.complete else self.tap.partial_text
+        if partial:  # cut short (upstream or client): screen what the client received
+            reporting.coverage(flow, route, "response",
+                               f"stream ended early ({result.reason}); screened the "
+                               f"{len(partial)} characters received")
+            parts = verdicts.answer_parts(flow, route, partial)
+            await verdicts.background_scan(flow, route, "response", parts)
+            return
+        if not result.complete and result.ended_early:
+            verdicts.unscanned(flow, route, "response",
+                               f"stream ended early ({result.reason}) before any text")
+        elif not result.complete:  # the client received what the addon could not read
+            assert result.failure is not None
+            verdicts.record(flow, route, "response",
+                            decide_failure(result.failure, route.settings))
+        elif not result.text:
+            verdicts.unscanned(flow, route, "response", "no assistant text")
+        else:
+            parts = verdicts.answer_parts(flow, route, result.text)
+            await verdicts.background_scan(flow, route, "response", parts)
+            return
+        verdicts.notify(flow)
+
+
+class LiveStream:
+    """A progressive stream: the stream function, its window scans, and what cut it.
+
+    mitmproxy calls it for every chunk; after each, a window scan starts when one is due and
+    none is in flight (`ProgressiveTap.take_window`). A scan that flags (or fails, with
+    `fail_open: false`) asks the tap to cut: the next chunk is replaced by the protocol's own
+    ending and nothing more of the upstream's answer goes out."""
+
+    def __init__(self, flow: http.HTTPFlow, state: FlowState, verdicts: Verdicts) -> None:
+        settings = state.settings
+        self.state = state
+        self.verdicts = verdicts
+        self.tap = ProgressiveTap(state.protocol, settings.max_body_bytes, settings.window_chars,
+                                  state.candidates)
+        self.scan: asyncio.Task[None] | None = None  # the window scan in flight
+        self.cut_by: tuple[Decision, Verdict | None] | None = None
+        self._flow = weakref.ref(flow)  # (the flow holds this object: no cycle through it)
+
+    def __call__(self, data: bytes) -> bytes | list[bytes]:
+        out = self.tap(data)
+        try:
+            if data and self.tap.take_window():
+                self.scan = asyncio_utils.create_task(
+                    self._window_scans(), name="lakera progressive window scan", keep_ref=True)
+        except Exception:  # a stream function must never raise; the end screens everything
+            logger.exception("lakera_addon could not start a window scan")
+        return out
+
+    async def _window_scans(self) -> None:
+        """Screen the newest text until a window is clean and no next one is due, or until a
+        flag (or a failure with fail_open false) cuts the stream."""
+        tap, state, settings = self.tap, self.state, self.state.settings
+        verdict: Verdict | None = None
+        try:
+            while True:
+                upto, text = tap.requested_chars, tap.text
+                parts = screen_budget.window_parts(text, tap.clean_chars,
+                                                   settings.max_screen_bytes)
+                verdict = await self.verdicts.lakera.screen_parts(
+                    settings, [[{"role": "assistant", "content": p}] for p in parts])
+                decision = decide(verdict, settings)
+                if decision.deny:
+                    break
+                if decision.outcome == "flagged":
+                    return  # flagged, but nothing blocks: no more windows; the final scan logs it
+                if not tap.scanned(upto):
+                    return
+        except Exception as e:  # a bug must not let a stream run on unscreened
+            flow = self._flow()
+            logger.error("lakera_addon internal error in a progressive scan [%s route=%s]: %s",
+                         reporting.flow_label(flow) if flow else "?", state.route.name,
+                         type(e).__name__, exc_info=e)
+            verdict = None
+            decision = decide_failure(
+                Failure(FailureKind.INTERNAL, f"internal error ({type(e).__name__})"), settings)
+            if not decision.deny:
+                return  # no more windows (the tap still thinks one is in flight)
+        self.cut_by = (decision, verdict)
+        tap.cut(cut_ending(state.protocol, deny_text("response", verdict, settings),
+                           tap.last_text_event, state.model, sent_text=tap.text))
+
+    async def end(self, flow: http.HTTPFlow) -> None:
+        """After the stream: record the cut, or screen the last window (its verdict can only
+        arrive after the end: logged and marked, nothing left to cut)."""
+        if self.scan is not None and not self.scan.done():
+            await asyncio.wait({self.scan})
+        tap, route, verdicts = self.tap, self.state.route, self.verdicts
+        if self.cut_by is not None and tap.cutting:
+            decision, verdict = self.cut_by
+            reporting.coverage(flow, route, "response",
+                               f"progressive stream cut: the client received {tap.sent_chars} "
+                               f"characters; the last clean scan covered {tap.clean_chars}, the "
+                               f"flagged one {tap.requested_chars}")
+            verdicts.record(flow, route, "response", decision, verdict)
+            verdicts.notify(flow)
+            return
+        result = tap.result()
+        text = result.text if result.complete else tap.text
+        if not text:
+            reason = "no assistant text" if result.complete else (
+                f"stream ended early ({result.reason}) before any text")
+            verdicts.unscanned(flow, route, "response", reason)
+            verdicts.notify(flow)
+            return
+        if not result.complete:
+            reporting.coverage(flow, route, "response",
+                               f"stream ended early ({result.reason}); screened the "
+                               f"{len(text)} characters received")
+        parts = screen_budget.window_parts(text, tap.clean_chars,
+                                           route.settings.max_screen_bytes)
+        verdict = await verdicts.lakera.screen_parts(
+            route.settings, [[{"role": "assistant", "content": p}] for p in parts])
+        decision = decide(verdict, route.settings)
+        if decision.deny:  # nothing left to cut: the client has the whole answer
+            reporting.coverage(flow, route, "response",
+                               "progressive stream: the last window's verdict arrived after the "
+                               "end of the stream")
+            decision = Decision(decision.outcome, False, decision.reason, kind=decision.kind)
+        verdicts.record(flow, route, "response", decision, verdict)
+        verdicts.notify(flow)

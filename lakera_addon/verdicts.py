@@ -1,0 +1,139 @@
+"""What the phases of a flow share: asking Lakera, recording a verdict once (log, metadata,
+mark, stats, audit), denying, and deciding an internal error like a failure."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Coroutine
+from typing import Any
+
+from mitmproxy import ctx
+from mitmproxy import hooks
+from mitmproxy import http
+from mitmproxy.utils import asyncio_utils
+
+from lakera_addon import reporting
+from lakera_addon import routing
+from lakera_addon import screen_budget
+from lakera_addon.audit_log import AuditLog
+from lakera_addon.configuration import Route
+from lakera_addon.decision import Decision
+from lakera_addon.decision import Side
+from lakera_addon.decision import decide
+from lakera_addon.decision import decide_failure
+from lakera_addon.decision import deny_text
+from lakera_addon.deny import build_deny
+from lakera_addon.extract import Message
+from lakera_addon.failures import Failure
+from lakera_addon.failures import FailureKind
+from lakera_addon.flow_state import FlowState
+from lakera_addon.lakera_client import LakeraClient
+from lakera_addon.stats import Stats
+from lakera_addon.verdict import Verdict
+
+logger = logging.getLogger("lakera_addon")
+
+
+class Verdicts:
+    def __init__(self, lakera: LakeraClient, stats: Stats, audit: AuditLog) -> None:
+        self.lakera = lakera
+        self.stats = stats
+        self.audit = audit
+
+    # --- asking Lakera -----------------------------------------------------------------------
+
+    def answer_parts(self, flow: http.HTTPFlow, route: Route, text: str) -> list[list[Message]]:
+        """An answer as the message lists to screen: one, or overlapping parts if it is larger
+        than one Lakera call may carry."""
+        limit = route.settings.max_screen_bytes
+        parts = screen_budget.split_text(text, limit)
+        if len(parts) > 1:
+            reporting.coverage(flow, route, "response",
+                               f"answer screened in {len(parts)} overlapping parts of at most "
+                               f"max_screen_bytes ({limit})")
+        return [[{"role": "assistant", "content": part}] for part in parts]
+
+    async def background_scan(
+        self, flow: http.HTTPFlow, route: Route, side: Side, parts: list[list[Message]]
+    ) -> None:
+        """Screen and record, for a flow that has gone on already (nothing left to block)."""
+        verdict = await self.lakera.screen_parts(route.settings, parts)
+        self.record(flow, route, side, decide(verdict, route.settings), verdict)
+        self.notify(flow)
+
+    # --- recording ---------------------------------------------------------------------------
+
+    def record(
+        self,
+        flow: http.HTTPFlow,
+        route: Route,
+        side: Side,
+        decision: Decision,
+        verdict: Verdict | None = None,
+        masked: Counter[str] | None = None,
+    ) -> None:
+        """The one place a decision is recorded: metadata, comment, mark, log, stats, audit."""
+        side_record = reporting.record(flow, route, side, decision, verdict, masked)
+        self.stats.observe(side, decision, verdict)
+        self.audit.write(flow, route.name, side, side_record)
+
+    def unscanned(self, flow: http.HTTPFlow, route: Route, side: Side, reason: str) -> None:
+        self.record(flow, route, side, Decision("unscanned", False, reason))
+
+    # --- denying -----------------------------------------------------------------------------
+
+    def deny(
+        self, flow: http.HTTPFlow, state: FlowState, side: Side, verdict: Verdict | None
+    ) -> None:
+        """Answer the client with the protocol's deny instead of the upstream's answer."""
+        settings = state.settings
+        if side == "request":
+            stream = state.streams
+        else:
+            stream = flow.response is not None and routing.is_streamed_answer(
+                flow.response.headers.get("content-type"))
+        deny = build_deny(
+            state.protocol,
+            deny_text(side, verdict, settings),
+            status=settings.deny_code,
+            stream=stream,
+            model=state.model,
+            json_array=state.json_array,
+        )
+        state.denied = True
+        flow.response = http.Response.make(deny.status, deny.body, deny.headers)
+
+    def internal_error(
+        self,
+        flow: http.HTTPFlow,
+        route: Route,
+        side: Side,
+        error: Exception,
+        state: FlowState | None,
+    ) -> None:
+        """An unexpected error while screening: logged with its traceback (never with content:
+        the addon's exceptions carry none), and decided like a failure (`fail_open`)."""
+        logger.error("lakera_addon internal error on %s [%s route=%s]: %s",
+                     side, reporting.flow_label(flow), route.name, type(error).__name__,
+                     exc_info=error)
+        failure = Failure(FailureKind.INTERNAL, f"internal error ({type(error).__name__})")
+        decision = decide_failure(failure, route.settings)
+        self.record(flow, route, side, decision)
+        if decision.deny and not (state and state.denied):
+            fallback = FlowState(route, routing.guess_protocol(flow.request.path), None, False)
+            self.deny(flow, state or fallback, side, None)
+
+    # --- flows that changed after their last hook --------------------------------------------
+
+    @staticmethod
+    def notify(flow: http.HTTPFlow) -> None:
+        """Tell mitmweb/console that a flow changed after its last hook."""
+        try:
+            ctx.master.addons.trigger(hooks.UpdateHook([flow]))
+        except Exception:  # no master (unit tests) or shutting down
+            logger.debug("could not trigger an update for a flow", exc_info=True)
+
+    @staticmethod
+    def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
+        asyncio_utils.create_task(coro, name=name, keep_ref=True)
