@@ -4,8 +4,10 @@ answers are assembled by assembly.StreamAssembler."""
 
 from __future__ import annotations
 
+import json
 from typing import Final
 
+from lakera_addon import lenient_json
 from lakera_addon import protocols
 from lakera_addon.assembly import SEPARATOR
 from lakera_addon.assembly import Key
@@ -82,3 +84,31 @@ def response_text(protocol: Protocol, body: object) -> str:
         if isinstance(answer, str) and answer:
             texts.append(answer)
     return SEPARATOR.join(texts)
+
+
+_SSE_FIELDS: Final = ("event:", "id:", "retry:", ":")
+
+
+def generic_text(content: bytes) -> str:
+    """The text of an answer of no known protocol: every string value of it read as one JSON
+    document, or else of each line (an SSE `data:` line or an NDJSON line) read as JSON, and
+    any other line as it is; lines of SSE fields and `[DONE]` are left out."""
+    text = content.decode("utf-8", "replace")
+    try:
+        return "\n".join(lenient_json.string_values(json.loads(text)))
+    except (ValueError, RecursionError):
+        pass
+    texts: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("data:"):
+            line = line[5:].strip()
+        elif line.startswith(_SSE_FIELDS):
+            continue
+        if not line or line == "[DONE]":
+            continue
+        try:
+            texts.extend(lenient_json.string_values(json.loads(line)))
+        except (ValueError, RecursionError):
+            texts.append(line)
+    return "\n".join(texts)

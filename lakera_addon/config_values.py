@@ -163,5 +163,6 @@ PARSERS: dict[str, Callable[[object], Any]] = {
     "stream_mode": _choice("held", "progressive"),
     "window_chars": _int_range(100, 1_000_000, " characters"),
     "verdict_cache_seconds": _int_range(0, 86_400, " seconds (0: no cache)"),
+    "screen_tool_definitions": _bool,
     "detector_actions": _detector_actions,
 }

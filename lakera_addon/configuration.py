@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import replace
 from typing import Any
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from lakera_addon import protocols
+from lakera_addon import routing
 from lakera_addon.config_values import PARSERS
 from lakera_addon.config_values import Action
 from lakera_addon.config_values import DetectorAction
@@ -63,6 +65,9 @@ class Settings:
     stream_mode: StreamMode = "held"
     window_chars: int = 1000
     verdict_cache_seconds: int = 300  # identical Lakera calls within this reuse the verdict
+    # screen the request's tool definitions (where MCP "tool poisoning" arrives), once per
+    # distinct set of tools (lakera_client.LakeraClient.screen_tool_set)
+    screen_tool_definitions: bool = False
     # (detector-type glob, block|alert|mask), in the file's order
     detector_actions: tuple[tuple[str, DetectorAction], ...] = ()
 
@@ -114,11 +119,16 @@ class Route:
     settings: Settings
 
     def matches(self, host: str, path: str) -> bool:
+        """Whether the host and the path match. Hosts and path globs match without regard to
+        case; the path in any form an upstream may route it as (routing.path_forms)."""
         host = host.lower().rstrip(".")
         if not any(fnmatch.fnmatchcase(host, pattern) for pattern in self.hosts):
             return False
-        path = path.split("?", 1)[0]
-        return not self.paths or any(fnmatch.fnmatchcase(path, p) for p in self.paths)
+        if not self.paths:
+            return True
+        forms = routing.path_forms(path)
+        return any(fnmatch.fnmatchcase(form, glob.lower())
+                   for glob in self.paths for form in forms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +136,16 @@ class Config:
     source: str
     routes: tuple[Route, ...]
 
-    def route_for(self, hosts: tuple[str, ...], path: str) -> Route | None:
-        """The first route matching any of the request's host names, or None."""
-        for route in self.routes:
-            if any(route.matches(host, path) for host in hosts if host):
-                return route
+    def route_for(
+        self, destination: Sequence[str], path: str, named: Sequence[str] = ()
+    ) -> Route | None:
+        """The first route matching a name of the host the connection goes to (`destination`);
+        only if none does, the first matching a name the client gives it (`named`: the Host
+        header), which cannot take a flow past the route of where it really goes."""
+        for hosts in (destination, named):
+            for route in self.routes:
+                if any(route.matches(host, path) for host in hosts if host):
+                    return route
         return None
 
 

@@ -58,7 +58,7 @@ def build_deny(
     request's model, echoed back (DEFAULT_MODEL when unknown); `json_array` says a Gemini
     stream was asked for as one JSON array (`:streamGenerateContent` without `alt=sse`,
     routing.gemini_json_array)."""
-    model_name = model or DEFAULT_MODEL
+    model_name = _echo_str(model, DEFAULT_MODEL)
     if protocol == protocols.OPENAI_EMBEDDINGS:
         status = status if status >= 400 else 400
         return _response(status, answers.json_bytes(answers.openai_error(text)), streamed=False)
@@ -177,21 +177,21 @@ def cut_ending(
     reused); `sent_text` is the text the client already has (the incomplete response's output).
     """
     last = last_event or {}
-    model_name = model or DEFAULT_MODEL
+    model_name = _echo_str(model, DEFAULT_MODEL)
     delta = CUT_SEPARATOR + text
     if protocol == protocols.OPENAI_CHAT:
         index = _first_index(last.get("choices"))
         chunk = {
-            "id": last.get("id") or answers.new_id("chatcmpl-"),
+            "id": _echo_str(last.get("id"), answers.new_id("chatcmpl-")),
             "object": "chat.completion.chunk",
-            "created": last.get("created") or int(time.time()),
-            "model": last.get("model") or model_name,
+            "created": _echo_int(last.get("created"), int(time.time())),
+            "model": _echo_str(last.get("model"), model_name),
             "choices": [{"index": index, "delta": {"content": delta}, "logprobs": None,
                          "finish_reason": "content_filter"}],
         }
         return answers.sse_data([chunk, "[DONE]"])
     if protocol == protocols.ANTHROPIC_MESSAGES:
-        index = last.get("index", 0)
+        index = _echo_int(last.get("index"))
         return answers.sse_named([
             {"type": "content_block_delta", "index": index,
              "delta": {"type": "text_delta", "text": delta}},
@@ -201,11 +201,10 @@ def cut_ending(
             {"type": "message_stop"},
         ])
     if protocol == protocols.OPENAI_RESPONSES:
-        item_id = str(last.get("item_id") or answers.new_id("msg_"))
-        at = {"item_id": item_id, "output_index": last.get("output_index", 0),
-              "content_index": last.get("content_index", 0)}
-        sequence = last.get("sequence_number")
-        sequence = sequence + 1 if isinstance(sequence, int) else 0
+        item_id = _echo_str(last.get("item_id"), answers.new_id("msg_"))
+        at = {"item_id": item_id, "output_index": _echo_int(last.get("output_index")),
+              "content_index": _echo_int(last.get("content_index"))}
+        sequence = _echo_int(last.get("sequence_number"), -1) + 1
         response = answers.responses_response(sent_text + delta, model_name,
                                               answers.new_id("resp_"), item_id)
         response.update(status="incomplete", completed_at=None,
@@ -222,7 +221,7 @@ def cut_ending(
     if protocol == protocols.GEMINI_GENERATE:
         return answers.sse_data([_gemini_cut(last, delta, model_name)])
     if protocol == protocols.OLLAMA_CHAT or protocol == protocols.OLLAMA_GENERATE:
-        model_name = str(last.get("model") or model_name)
+        model_name = _echo_str(last.get("model"), model_name)
         # the done line without the counts and durations of a whole answer, which the addon
         # does not know (zeros would be read as such)
         whole = answers.ollama_answer(protocol, "", model_name, True)
@@ -233,18 +232,67 @@ def cut_ending(
     raise ValueError(f"{protocol} streams cannot be cut")
 
 
-def _first_index(items: object) -> object:
+def _first_index(items: object) -> int:
     """The `index` of the first choice / candidate of an upstream event (0 if none)."""
     first = items[0] if isinstance(items, list) and items else {}
-    return first.get("index", 0) if isinstance(first, dict) else 0
+    return _echo_int(first.get("index")) if isinstance(first, dict) else 0
+
+
+# --- what is echoed from the client or the upstream ------------------------------------------
+
+_ECHO_MAX_CHARS: Final = 200
+
+
+def _echo_str(value: object, default: str) -> str:
+    """A string field echoed into an answer (a model name, an id), as a string of modest
+    length; anything else is replaced by `default`. (Lone surrogates are escaped when the
+    answer is encoded, sdk_answers.utf8.)"""
+    if not isinstance(value, str) or not value:
+        return default
+    return value[:_ECHO_MAX_CHARS]
+
+
+def _echo_int(value: object, default: int = 0) -> int:
+    """An index or counter echoed into an answer: a plain non-negative int, else `default`."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        return value
+    return default
 
 
 def _gemini_cut(last: Mapping[str, Any], delta: str, model: str) -> dict[str, Any]:
     """The chunk that ends a Gemini stream cut short, with the ids of the last one."""
-    chunk = answers.gemini_response(delta, str(last.get("modelVersion") or model))
+    chunk = answers.gemini_response(delta, _echo_str(last.get("modelVersion"), model))
     chunk["candidates"][0].update(index=_first_index(last.get("candidates")),
                                   finishReason="SAFETY")
     del chunk["usageMetadata"]  # the answer's usage is not known: no zeros in its place
-    if last.get("responseId"):
-        chunk["responseId"] = last["responseId"]
+    chunk["responseId"] = _echo_str(last.get("responseId"), chunk["responseId"])
     return chunk
+
+
+# --- the last resort -------------------------------------------------------------------------
+
+LAST_RESORT_TEXT: Final = "Blocked by Lakera Guard"
+
+
+def _last_resorts() -> dict[tuple[Protocol, bool, bool], DenyResponse]:
+    return {(protocol, stream, array): build_deny(protocol, LAST_RESORT_TEXT, status=200,
+                                                  stream=stream, model=None, json_array=array)
+            for protocol in protocols.ALL for stream in (False, True) for array in (False, True)}
+
+
+# built once, at import, from constants only: what a deny falls back to if building the
+# proper one failed, so that a deny can never fail (SPEC section 5, the invariant)
+_LAST_RESORT: Final = _last_resorts()
+_LAST_RESORT_CUT: Final[dict[Protocol, bytes]] = {
+    protocol: cut_ending(protocol, LAST_RESORT_TEXT, None, None) for protocol in CUT_PROTOCOLS}
+
+
+def last_resort(protocol: Protocol, stream: bool, json_array: bool = False) -> DenyResponse:
+    """The deny built ahead of time for `protocol`: status 200, a fixed text."""
+    return _LAST_RESORT[(protocol, stream, json_array)]
+
+
+def last_resort_cut(protocol: Protocol) -> bytes:
+    """The cut ending built ahead of time for `protocol`, with a fixed text (b"" for a
+    protocol whose answers do not stream)."""
+    return _LAST_RESORT_CUT.get(protocol, b"")

@@ -27,6 +27,7 @@ class FlowState:
     streams: bool  # the request asked for a streamed answer
     candidates: int = 1  # answers asked for at once (Gemini's candidateCount)
     json_array: bool = False  # a Gemini stream asked for as one JSON array (no `alt=sse`)
+    generic: bool = False  # no known protocol (`protocol` is a guess from the path, for denies)
     denied: bool = False  # the addon answered with its own deny
     # the owner of a live answer (pass-through or progressive), set by `responseheaders`
     stream: LiveAnswer | None = None

@@ -13,6 +13,7 @@ What the phases share (asking Lakera, recording, denying) is in verdicts.py.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import weakref
 from collections.abc import Awaitable
@@ -29,6 +30,9 @@ from lakera_addon.audit_log import AuditLog
 from lakera_addon.configuration import Config
 from lakera_addon.configuration import ConfigError
 from lakera_addon.configuration import load_config
+from lakera_addon.decision import Decision
+from lakera_addon.failures import Failure
+from lakera_addon.failures import FailureKind
 from lakera_addon.flow_state import FlowState
 from lakera_addon.held_answer import HeldAnswer
 from lakera_addon.lakera_client import LakeraClient
@@ -156,35 +160,61 @@ class LakeraGuard:
         self.verdicts.spawn(self.lakera.aclose(), "lakera close")
 
     # --- the hooks ---------------------------------------------------------------------------
+    # Each hook finds the flow's route or state and hands the flow on; any exception inside a
+    # hook of a routed flow is decided like a failure (fail_open), never left to mitmproxy,
+    # which would forward the flow as it is (SPEC section 5, the invariant).
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         # A plain function: a flow on no route costs no coroutine; mitmproxy awaits what a
         # hook returns when it is awaitable.
         if flow.response or flow.error or not flow.live or self.config is None:
             return None
-        if flow.request.method != "POST":
-            return None
-        hosts = (flow.request.host, flow.request.pretty_host)
-        route = self.config.route_for(hosts, flow.request.path)
+        if flow.request.method != "POST" and not flow.request.raw_content:
+            return None  # (a body sent with another method is screened too: servers read it)
+        route = self.config.route_for(destination(flow), flow.request.path,
+                                      (flow.request.host_header or "",))
         if route is None:
             return None
-        reporting.start(flow, route, None)
+        try:
+            reporting.start(flow, route, None)
+        except Exception as e:
+            self.verdicts.internal_error(flow, route, "request", e, None)
+            return None
         return self.request_side.guard(flow, route)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = self._answer_state(flow)
         if state is None or flow.response is None:
             return
-        response = flow.response
-        if not routing.is_streamed_answer(response.headers.get("content-type")):
+        try:
+            self._choose_delivery(flow, flow.response, state)
+        except Exception as e:  # hold it: the response hook screens it whole
+            logger.error("lakera_addon internal error choosing how an answer goes out [%s]: %s",
+                         reporting.flow_label(flow), type(e).__name__, exc_info=e)
+            state.stream = None
+            flow.response.stream = False
+
+    def _choose_delivery(
+        self, flow: http.HTTPFlow, response: http.Response, state: FlowState
+    ) -> None:
+        """How the answer goes out: held whole, live (progressive), passed through (shadow),
+        or, when it declares more than max_body_bytes, decided at once without reading it."""
+        declared = declared_length(response)
+        if declared is not None and declared > state.settings.max_body_bytes:
+            self._flows.pop(flow, None)  # decided here: the response hook has nothing to do
+            self.held.too_large(flow, state, declared)
+        elif not routing.is_streamed_answer(response.headers.get("content-type")):
             response.stream = False  # a JSON answer is screened whole
+        elif state.generic:  # a stream of no known protocol: held, read whole (answer_text)
+            response.stream = False
         elif state.settings.shadow:  # pass-through: forward every chunk at once
-            state.stream = PassThrough(state, self.verdicts,
-                                       response.headers.get("content-encoding"))
-            response.stream = state.stream.tap
+            passing = PassThrough(state, self.verdicts, response.headers.get("content-encoding"))
+            state.stream = passing
+            response.stream = passing.tap
         elif can_stay_live(response, state):  # progressive: live, cut on a flag
-            state.stream = LiveStream(flow, state, self.verdicts)
-            response.stream = state.stream
+            live = LiveStream(flow, state, self.verdicts)
+            state.stream = live
+            response.stream = live
         else:  # held: mitmproxy buffers the body until the response hook has decided
             response.stream = False
 
@@ -194,7 +224,7 @@ class LakeraGuard:
             return None
         self._flows.pop(flow, None)  # exactly one scan per response
         if state.stream is not None:
-            self.verdicts.spawn(state.stream.end(flow), "lakera stream end")
+            self.verdicts.spawn(self._end_stream(flow, state), "lakera stream end")
             return None
         return self.held.screen(flow, state)
 
@@ -204,7 +234,19 @@ class LakeraGuard:
             return
         if flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE:
             return  # killed on purpose (by the user or another addon)
-        self.verdicts.spawn(state.stream.end(flow), "lakera stream end")
+        self.verdicts.spawn(self._end_stream(flow, state), "lakera stream end")
+
+    async def _end_stream(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        assert state.stream is not None
+        try:
+            await state.stream.end(flow)
+        except Exception as e:  # the stream is over: nothing left to hold back; record that
+            logger.error("lakera_addon internal error after a stream [%s route=%s]: %s",
+                         reporting.flow_label(flow), state.route.name, type(e).__name__,
+                         exc_info=e)
+            failure = Failure(FailureKind.INTERNAL, f"internal error ({type(e).__name__})")
+            self.verdicts.record(flow, state.route, "response",
+                                 Decision("failure", False, failure.reason, kind=failure.kind))
 
     def _answer_state(self, flow: http.HTTPFlow) -> FlowState | None:
         """The state of a flow whose answer is to be screened; None for any other (an error
@@ -220,3 +262,30 @@ class LakeraGuard:
             self.verdicts.unscanned(flow, state.route, "response", f"upstream status {status}")
             return None
         return state
+
+
+def destination(flow: http.HTTPFlow) -> tuple[str, ...]:
+    """The names of the host a flow's connection goes to: the request's host (the reverse-mode
+    target, the proxy request's host, the CONNECT target, the transparent destination) and,
+    when that is an address, the TLS server name the connection carries."""
+    host = flow.request.host
+    names = [host]
+    if _is_address(host):
+        names += [flow.server_conn.sni or "", flow.client_conn.sni or ""]
+    return tuple(name for name in names if name)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def declared_length(message: http.Message) -> int | None:
+    """The body size a message declares (Content-Length), if it declares one."""
+    value = message.headers.get("content-length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())

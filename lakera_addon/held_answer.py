@@ -49,9 +49,9 @@ class HeldAnswer:
             return
         if failure is not None:
             decision = decide_failure(failure, settings)
-            self.verdicts.record(flow, route, "response", decision)
-            if decision.deny:
+            if decision.deny:  # first: what is recorded must have happened
                 self.verdicts.deny(flow, state, "response", None)
+            self.verdicts.record(flow, route, "response", decision)
             return
         if not text:
             self.verdicts.unscanned(flow, route, "response", "no assistant text")
@@ -67,9 +67,26 @@ class HeldAnswer:
                 masked = self._mask(flow, state, text, document, verdict)
             except MaskError as e:
                 decision = decide_failure(e.failure("cannot mask: "), settings)
-        self.verdicts.record(flow, route, "response", decision, verdict, masked)
-        if decision.deny:
+        if decision.deny:  # first: what is recorded must have happened
             self.verdicts.deny(flow, state, "response", verdict)
+        self.verdicts.record(flow, route, "response", decision, verdict, masked)
+
+    def too_large(self, flow: http.HTTPFlow, state: FlowState, declared: int) -> None:
+        """An answer that declares more than max_body_bytes, decided before any of it is read
+        (mitmproxy would hold all of it): denied at once without reading it, or, where
+        failures pass (`fail_open: true`), forwarded as it comes, unread."""
+        assert flow.response is not None
+        limit = state.settings.max_body_bytes
+        failure = Failure(FailureKind.TOO_LARGE, f"response declares {declared} bytes, more "
+                          f"than max_body_bytes ({limit} bytes)")
+        decision = decide_failure(failure, state.settings)
+        if decision.deny:
+            self.verdicts.deny(flow, state, "response", None)
+            assert flow.response is not None
+            flow.response.stream = Replacement(flow.response.content or b"")
+        else:
+            flow.response.stream = True
+        self.verdicts.record(flow, state.route, "response", decision)
 
     @staticmethod
     def _mask(
@@ -88,6 +105,7 @@ class HeldAnswer:
             {"role": "assistant", "content": text}], verdict))
         if document is not None:
             masked = masker.document(document)
+            masker.check_all_replaced()
             flow.response.headers.pop("content-encoding", None)
             flow.response.content = json.dumps(masked, ensure_ascii=False).encode()
             flow.response.headers["x-lakera-guard"] = "masked"
@@ -122,6 +140,8 @@ class HeldAnswer:
         except ValueError:
             return "", Failure(FailureKind.ANSWER_UNREADABLE,
                                "response body cannot be decoded"), None
+        if state.generic:  # no known protocol: every string in it is its text
+            return await maybe_off_loop(len(content), answer_text.generic_text, content), None, None
         if routing.is_streamed_answer(flow.response.headers.get("content-type")):
             result = await maybe_off_loop(len(content), assembly.assemble, state.protocol,
                                           content, state.candidates)
@@ -133,3 +153,17 @@ class HeldAnswer:
         if body is None:
             return "", Failure(FailureKind.ANSWER_UNREADABLE, "response body is not JSON"), None
         return answer_text.response_text(state.protocol, body), None, body
+
+
+class Replacement:
+    """The stream function of an answer replaced before its body was read: the replacement's
+    body goes out in place of the first chunk, and nothing of the upstream's after it."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body: bytes | None = body
+
+    def __call__(self, data: bytes) -> bytes | list[bytes]:
+        body, self._body = self._body, None
+        if body:
+            return body
+        return [] if data else b""  # (never b"" mid-stream: it would end an HTTP/1.1 body)

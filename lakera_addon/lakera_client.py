@@ -88,12 +88,16 @@ def classify(status: int, body: bytes, latency_ms: float) -> Verdict:
     )
 
 
+TOOL_SET_SECONDS = 24 * 3600  # a tool set's verdict is kept this long (screen_tool_set)
+
+
 class LakeraClient:
     """Screens messages with Lakera Guard; never raises for a Lakera problem."""
 
     def __init__(self) -> None:
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
         self.cache = VerdictCache()
+        self.tool_sets = VerdictCache()
 
     def _session(self, ssl_verify: bool) -> aiohttp.ClientSession:
         session = self._sessions.get(ssl_verify)
@@ -162,6 +166,18 @@ class LakeraClient:
         if len(parts) == 1:
             return await self.screen(settings, parts[0])
         return merge(await asyncio.gather(*(self.screen(settings, p) for p in parts)))
+
+    async def screen_tool_set(
+        self, settings: Settings, set_key: bytes, parts: Sequence[Sequence[Message]]
+    ) -> Verdict:
+        """Screen a request's tool definitions once per distinct set (`set_key`, a hash of the
+        definitions) and Lakera endpoint, key and project: an agent resends its whole tool list
+        every turn, and it changes rarely. Identical sets in flight share one call; failures
+        are never kept."""
+        key = cache_key(settings.lakera_endpoint, settings.api_key,
+                        (settings.project_id or "").encode() + b"\0" + set_key)
+        return await self.tool_sets.verdict(key, TOOL_SET_SECONDS,
+                                            lambda: self.screen_parts(settings, parts))
 
     async def aclose(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}

@@ -24,6 +24,7 @@ from lakera_addon.decision import decide_failure
 from lakera_addon.decision import deny_text
 from lakera_addon.deny import CUT_PROTOCOLS
 from lakera_addon.deny import cut_ending
+from lakera_addon.deny import last_resort_cut
 from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
 from lakera_addon.flow_state import FlowState
@@ -93,10 +94,12 @@ class LiveStream:
         settings = state.settings
         self.state = state
         self.verdicts = verdicts
+        failure_ending = None if settings.fail_open else self._ending(None, "")
         self.tap = ProgressiveTap(state.protocol, settings.max_body_bytes, settings.window_chars,
-                                  state.candidates)
+                                  state.candidates, failure_ending)
         self.scan: asyncio.Task[None] | None = None  # the window scan in flight
         self.cut_by: tuple[Decision, Verdict | None] | None = None
+        self.failed_windows: list[Failure] = []  # window scans that failed (fail_open: true)
         self._flow = weakref.ref(flow)  # (the flow holds this object: no cycle through it)
 
     def __call__(self, data: bytes) -> bytes | list[bytes]:
@@ -109,9 +112,22 @@ class LiveStream:
             logger.exception("lakera_addon could not start a window scan")
         return out
 
+    def _ending(self, verdict: Verdict | None, sent_text: str) -> bytes:
+        """The protocol's own ending with the deny text; never fails (the one built ahead of
+        time from constants stands in)."""
+        state = self.state
+        try:
+            return cut_ending(state.protocol, deny_text("response", verdict, state.settings),
+                              self.tap.last_text_event if sent_text else None, state.model,
+                              sent_text=sent_text)
+        except Exception:
+            logger.exception("lakera_addon could not build a cut ending; sending the last resort")
+            return last_resort_cut(state.protocol)
+
     async def _window_scans(self) -> None:
         """Screen the newest text until a window is clean and no next one is due, or until a
-        flag (or a failure with fail_open false) cuts the stream."""
+        flag (or a failure with fail_open false) cuts the stream. A failure the route lets
+        through leaves its text unscreened for a later scan."""
         tap, state, settings = self.tap, self.state, self.state.settings
         verdict: Verdict | None = None
         try:
@@ -124,6 +140,9 @@ class LiveStream:
                 decision = decide(verdict, settings)
                 if decision.deny:
                     break
+                if verdict.failure is not None:
+                    self._window_failed(verdict.failure)
+                    return
                 if decision.outcome == "flagged":
                     return  # flagged, but nothing blocks: no more windows; the final scan logs it
                 if not tap.scanned(upto):
@@ -134,13 +153,25 @@ class LiveStream:
                          reporting.flow_label(flow) if flow else "?", state.route.name,
                          type(e).__name__, exc_info=e)
             verdict = None
-            decision = decide_failure(
-                Failure(FailureKind.INTERNAL, f"internal error ({type(e).__name__})"), settings)
+            failure = Failure(FailureKind.INTERNAL, f"internal error ({type(e).__name__})")
+            decision = decide_failure(failure, settings)
             if not decision.deny:
-                return  # no more windows (the tap still thinks one is in flight)
+                self._window_failed(failure)
+                return
         self.cut_by = (decision, verdict)
-        tap.cut(cut_ending(state.protocol, deny_text("response", verdict, settings),
-                           tap.last_text_event, state.model, sent_text=tap.text))
+        tap.cut(self._ending(verdict, tap.text))
+
+    def _window_failed(self, failure: Failure) -> None:
+        """A window scan failed on a route that lets failures through: counted and logged; its
+        text stays unscreened (not clean) until a later scan covers it."""
+        self.failed_windows.append(failure)
+        self.tap.scan_failed()
+        self.verdicts.count_failure(failure)
+        flow = self._flow()
+        logger.warning("Lakera Guard failure on a response window [%s route=%s]: %s; "
+                       "fail_open=true, its text is screened again by a later scan",
+                       reporting.flow_label(flow) if flow else "?", self.state.route.name,
+                       failure.reason)
 
     async def end(self, flow: http.HTTPFlow) -> None:
         """After the stream: record the cut, or screen the last window (its verdict can only
@@ -148,6 +179,11 @@ class LiveStream:
         if self.scan is not None and not self.scan.done():
             await asyncio.wait({self.scan})
         tap, route, verdicts = self.tap, self.state.route, self.verdicts
+        if self.failed_windows:
+            reporting.coverage(flow, route, "response",
+                               f"{len(self.failed_windows)} window scan(s) failed "
+                               f"({self.failed_windows[-1].reason}); their text was screened "
+                               "again by a later scan")
         if self.cut_by is not None and tap.cutting:
             decision, verdict = self.cut_by
             reporting.coverage(flow, route, "response",
@@ -155,6 +191,14 @@ class LiveStream:
                                f"characters; the last clean scan covered {tap.clean_chars}, the "
                                f"flagged one {tap.requested_chars}")
             verdicts.record(flow, route, "response", decision, verdict)
+            verdicts.notify(flow)
+            return
+        if tap.failure is not None:  # the tap stopped reading: cut (fail_open false) or not
+            if tap.cut_sent:
+                reporting.coverage(flow, route, "response",
+                                   f"progressive stream cut: the client received "
+                                   f"{tap.sent_chars} characters before the failure")
+            verdicts.record(flow, route, "response", decide_failure(tap.failure, route.settings))
             verdicts.notify(flow)
             return
         result = tap.result()

@@ -120,6 +120,7 @@ class Masker:
     def __init__(self, texts: dict[str, str]) -> None:
         self.texts = texts
         self.counts: Counter[str] = Counter()
+        self.replaced: set[str] = set()  # the confirmed texts found and replaced
         ordered = sorted(texts, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
@@ -128,10 +129,19 @@ class Masker:
             return value
 
         def name(match: re.Match[str]) -> str:
+            self.replaced.add(match.group(0))
             self.counts[self.texts[match.group(0)]] += 1
             return self.texts[match.group(0)]
 
         return self._pattern.sub(name, value)
+
+    def check_all_replaced(self) -> None:
+        """MaskError unless every confirmed text was found and replaced: one that was not is
+        in the body in another form than the text screened (inside a base64 attachment the
+        addon decoded, say), and would go on unmasked."""
+        if set(self.texts) - self.replaced:
+            raise MaskError("a text to mask is not in the body as such (an encoded "
+                            "attachment?)")
 
     def document(self, node: Any) -> Any:
         """A JSON document with the texts masked in every string value and key."""

@@ -29,6 +29,7 @@ from lakera_addon.assembly import UNFINISHED
 from lakera_addon.assembly import StreamAssembler
 from lakera_addon.assembly import StreamResult
 from lakera_addon.assembly import incomplete
+from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
 from lakera_addon.protocols import Protocol
 
@@ -64,8 +65,13 @@ class ProgressiveTap:
         max_bytes: int,
         window_chars: int,
         candidates: int = 1,
+        failure_ending: bytes | None = None,
     ) -> None:
+        """`failure_ending`: on a route with `fail_open: false`, the ending to send in place of
+        everything after a failure of the tap itself (a stream past `max_body_bytes`, or bytes
+        it cannot read); None forwards the rest unread (`fail_open: true`)."""
         self._assembler = StreamAssembler(protocol, candidates)
+        self._failure_ending = failure_ending
         self._boundary = last_line_end if protocol in protocols.NDJSON else last_event_end
         self._max_bytes = max_bytes
         self._window = window_chars
@@ -86,14 +92,22 @@ class ProgressiveTap:
         try:
             return self._chunk(data)
         except Exception as e:  # a stream function must never raise
-            self._failure = (FailureKind.STREAM_UNREADABLE,
-                             f"cannot read the stream: {type(e).__name__}")
-            rest, self._pending = bytes(self._pending) + data, bytearray()
-            return rest if rest or not data else []
+            return self._fail(FailureKind.STREAM_UNREADABLE,
+                              f"cannot read the stream: {type(e).__name__}", data)
+
+    def _fail(self, kind: FailureKind, reason: str, data: bytes) -> _Out:
+        """The tap cannot go on reading: fail closed (the ending goes out in place of this
+        chunk and all that follows) or open (the rest is forwarded unread)."""
+        self._failure = (kind, reason)
+        self.ended = self.ended or not data
+        if self._failure_ending is not None and not self.cut_sent:
+            self._ending = self._failure_ending
+            return self._send_ending()
+        rest, self._pending = bytes(self._pending) + data, bytearray()
+        return rest if rest or not data else []
 
     def _chunk(self, data: bytes) -> _Out:
         if not data:
-            self.ended = True
             return self._end()
         if self.cut_sent:
             return []  # the client's stream has ended: drop the rest of the upstream's
@@ -103,10 +117,9 @@ class ProgressiveTap:
             return data
         self._seen += len(data)
         if self._seen > self._max_bytes:
-            self._failure = (FailureKind.TOO_LARGE,
-                             f"stream larger than max_body_bytes ({self._max_bytes} bytes)")
-            rest, self._pending = bytes(self._pending) + data, bytearray()
-            return rest
+            return self._fail(FailureKind.TOO_LARGE,
+                              f"stream larger than max_body_bytes ({self._max_bytes} bytes)",
+                              data)
         self._pending += data
         end = self._boundary(self._pending)
         if not end:
@@ -117,6 +130,7 @@ class ProgressiveTap:
         return out
 
     def _end(self) -> bytes:
+        self.ended = True
         if self.cut_sent:
             return b""
         if self._ending is not None:
@@ -160,6 +174,11 @@ class ProgressiveTap:
             return True
         return False
 
+    def scan_failed(self) -> None:
+        """A window scan failed and the route lets failures through: the text it covered is not
+        clean, so a later scan (the next window, or the last) covers it again."""
+        self.in_flight = False
+
     def cut(self, ending: bytes) -> None:
         """A flag: the next call of the stream function sends `ending` instead of the chunk.
         Ignored once the stream has ended, or once its own ending has gone out (a verdict that
@@ -187,6 +206,11 @@ class ProgressiveTap:
     @property
     def last_text_event(self) -> dict[str, object] | None:
         return self._assembler.last_text_event
+
+    @property
+    def failure(self) -> Failure | None:
+        """Why the tap itself stopped reading (too large, unreadable), if it did."""
+        return Failure(*self._failure) if self._failure else None
 
     def result(self) -> StreamResult:
         if self._failure is not None:

@@ -60,7 +60,8 @@ def coverage(flow: http.HTTPFlow, route: Route, side: Side, how: str) -> None:
     record = entry.get(side)
     if not isinstance(record, dict):
         record = entry[side] = {"verdict": "pending"}
-    record["coverage"] = how
+    earlier = record.get("coverage")
+    record["coverage"] = f"{earlier}; {how}" if earlier else how
     logger.info("%s screened in part [%s route=%s]: %s", side, flow_label(flow), route.name, how)
 
 

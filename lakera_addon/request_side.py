@@ -12,13 +12,14 @@ from typing import Any
 
 from mitmproxy import http
 
-from lakera_addon import content_decoding
 from lakera_addon import extract
+from lakera_addon import lenient_json
 from lakera_addon import masking
 from lakera_addon import reporting
 from lakera_addon import routing
 from lakera_addon import screen_budget
-from lakera_addon.bodies import parse_json
+from lakera_addon.bodies import maybe_off_loop
+from lakera_addon.bodies import read_json_body
 from lakera_addon.configuration import Route
 from lakera_addon.decision import Decision
 from lakera_addon.decision import decide
@@ -31,6 +32,7 @@ from lakera_addon.failures import TooLarge
 from lakera_addon.failures import UnreadableBody
 from lakera_addon.flow_state import FlowState
 from lakera_addon.verdict import Verdict
+from lakera_addon.verdict import merge
 from lakera_addon.verdicts import Verdicts
 
 logger = logging.getLogger("lakera_addon")
@@ -58,7 +60,7 @@ class RequestSide:
         try:
             if flow.request.stream or raw is None:
                 raise TooLarge("request body was streamed by mitmproxy, not held")
-            state, messages, body = await self._read(flow, route)
+            state, messages, extra, body = await self._read(flow, route)
         except CannotScreen as e:
             failure = e.failure("" if raw is None else "request body ")
             guessed_protocol = routing.guess_protocol(flow.request.path)
@@ -75,32 +77,29 @@ class RequestSide:
         except UnreadableBody as e:
             self._unreadable(flow, route, str(e))
             return
-        reporting.start(flow, route, state.protocol)
+        reporting.start(flow, route, "generic" if state.generic else state.protocol)
         self.flows[flow] = state
         if settings.scans_output:
             flow.request.anticomp()  # ask the upstream for an identity-encoded answer
         if settings.scans_input:
-            await self._screen(flow, state, messages, body)
+            await self._screen(flow, state, messages, extra, body)
 
     async def _read(
         self, flow: http.HTTPFlow, route: Route
-    ) -> tuple[FlowState, list[extract.Message], dict[str, Any]]:
-        """The flow's protocol, model and stream flag, and the messages to screen."""
-        try:
-            content = content_decoding.decode_bounded(
-                flow.request.raw_content or b"", flow.request.headers.get("content-encoding"),
-                route.settings.max_body_bytes)
-        except ValueError as e:
-            raise UnreadableBody(f"request body cannot be decoded: {e}") from e
-        body = await parse_json(content)
-        if body is None:
-            raise UnreadableBody("request body is not JSON")
-        if not isinstance(body, dict):
-            raise UnreadableBody("request body is not a JSON object")
+    ) -> tuple[FlowState, list[extract.Message], list[extract.Message], dict[str, Any]]:
+        """The flow's protocol, model and stream flag, and the messages to screen: the text of
+        the body as its protocol reads it (for a JSON object of no known protocol or of the
+        wrong shape, every string in it: an LLM upstream may still take it), and, apart,
+        whatever a lenient upstream reads that the protocol's shape does not show
+        (lenient_json: duplicate keys, values after the first, other readings)."""
+        raw = flow.request.raw_content or b""
+        read = await maybe_off_loop(len(raw), read_json_body, raw,
+                                    flow.request.headers.get("content-encoding"),
+                                    route.settings.max_body_bytes)
+        body: dict[str, Any] = read.value
         path = flow.request.path
-        protocol = routing.detect_protocol(route.protocol, path, body)
-        if protocol is None:
-            raise UnreadableBody("request body matches no known LLM protocol")
+        detected = routing.detect_protocol(route.protocol, path, body)
+        protocol = detected or routing.guess_protocol(path)
         state = FlowState(
             route,
             protocol,
@@ -108,33 +107,54 @@ class RequestSide:
             extract.request_streams(protocol, body, path),
             extract.request_candidates(protocol, body),
             routing.gemini_json_array(path),
+            generic=detected is None,
         )
+        notes = list(read.notes)
         try:
-            messages = extract.request_messages(protocol, body)
+            messages = [] if state.generic else extract.request_messages(protocol, body)
         except extract.BodyShapeError as e:
-            raise UnreadableBody(str(e)) from e
-        return state, messages, body
+            state.generic = True
+            notes.append(str(e))
+            messages = []
+        if state.generic:
+            notes.insert(0, "no known protocol" if detected is None else f"not {protocol}")
+            messages = generic_messages(body)
+        extra: list[extract.Message] = []
+        if read.hidden_strings:
+            extra.append({"role": "user", "content": "\n".join(read.hidden_strings)})
+        if notes:
+            reporting.coverage(flow, route, "request", "read leniently: " + "; ".join(notes))
+        return state, messages, extra, body
 
     async def _screen(
         self,
         flow: http.HTTPFlow,
         state: FlowState,
         messages: list[extract.Message],
+        extra: list[extract.Message],
         body: dict[str, Any],
     ) -> None:
         route, settings = state.route, state.settings
-        if not messages:
+        if not messages and not extra:
             self.verdicts.unscanned(flow, route, "request", "no text")
             return
-        if settings.input_scope == "latest" and not settings.masks:
+        limit = settings.max_screen_bytes
+        if state.generic or extra:  # screened whole, in overlapping parts if large
+            if state.generic:
+                messages, extra = [], messages + extra
+            extra = [{"role": "user", "content": part} for m in extra
+                     for part in screen_budget.split_text(m["content"], limit)]
+        if settings.input_scope == "latest" and not settings.masks and not state.generic:
             # (with mask rules the whole conversation is screened: a client resends its own,
             # unmasked history every turn)
             messages = extract.request_messages(
                 state.protocol, extract.latest_turn(state.protocol, body))
-            if not messages:
+            if not messages and not extra:
                 self.verdicts.unscanned(flow, route, "request", "no new text since the last turn")
                 return
-        limit = settings.max_screen_bytes
+        if not messages:  # only text a lenient reading found: each part in a call of its own
+            await self._screen_parts(flow, state, extra)
+            return
         fitted = screen_budget.fit_request(messages, limit)
         if fitted is None:
             self._fail(flow, route, Failure(
@@ -147,12 +167,15 @@ class RequestSide:
                                f"fit max_screen_bytes ({limit}); sent the system prompt and the "
                                f"{len(fitted.messages)} most recent")
         sent = fitted.messages
+        parts = [sent, *([m] for m in extra)]
+        tools = self._tool_parts(state, body)
         if settings.shadow:  # nothing can block: forward now, log the verdict later
             reporting.pending(flow, "request")
-            self.verdicts.spawn(self.verdicts.background_scan(flow, route, "request", [sent]),
-                                "lakera shadow request scan")
+            self.verdicts.spawn(self.verdicts.background_scan(
+                flow, route, "request", parts + (tools[1] if tools else [])),
+                "lakera shadow request scan")
             return
-        verdict = await self.verdicts.lakera.screen(settings, sent)
+        verdict = await self._ask(state, parts, tools)
         decision = decide(verdict, settings)
         masked: Counter[str] | None = None
         if decision.mask:
@@ -160,9 +183,66 @@ class RequestSide:
                 masked = await self._mask(flow, state, messages, sent, body, verdict)
             except MaskError as e:
                 decision = decide_failure(e.failure("cannot mask: "), settings)
-        self.verdicts.record(flow, route, "request", decision, verdict, masked)
-        if decision.deny:
+        if decision.deny:  # first: what is recorded must have happened
             self.verdicts.deny(flow, state, "request", verdict)
+        self.verdicts.record(flow, route, "request", decision, verdict, masked)
+
+    @staticmethod
+    def _tool_parts(
+        state: FlowState, body: dict[str, Any]
+    ) -> tuple[bytes, list[list[extract.Message]]] | None:
+        """(the key of the set, the calls that screen it) of the request's tool definitions,
+        where the route screens them (`screen_tool_definitions`) and there are any."""
+        settings = state.settings
+        if not settings.screen_tool_definitions:
+            return None
+        key = extract.tool_definitions_key(state.protocol, body)
+        if key is None:
+            return None
+        limit = settings.max_screen_bytes
+        pieces: list[extract.Message] = [
+            {"role": m["role"], "content": part}
+            for m in extract.tool_definitions(state.protocol, body)
+            for part in screen_budget.split_text(m["content"], limit)]
+        return key, screen_budget.batches(pieces, limit) or [[piece] for piece in pieces]
+
+    async def _ask(
+        self,
+        state: FlowState,
+        parts: list[list[extract.Message]],
+        tools: tuple[bytes, list[list[extract.Message]]] | None,
+    ) -> Verdict:
+        """The verdict on the prompt, and on the tool definitions (once per distinct set,
+        asked at the same time): a flag or a failure of either is the request's."""
+        lakera, settings = self.verdicts.lakera, state.settings
+        if tools is None:
+            return await lakera.screen_parts(settings, parts)
+        prompt, tool_set = await asyncio.gather(lakera.screen_parts(settings, parts),
+                                                lakera.screen_tool_set(settings, *tools))
+        if tool_set.failure is None and not tool_set.flagged:
+            return prompt  # (keeps the prompt's spans, for masking)
+        return merge([prompt, tool_set])
+
+    async def _screen_parts(
+        self, flow: http.HTTPFlow, state: FlowState, parts: list[extract.Message]
+    ) -> None:
+        """Screen text that is not a conversation (a body of no known protocol, what only a
+        lenient reading finds), one overlapping part per call; masking does not apply."""
+        route, settings = state.route, state.settings
+        calls = [[part] for part in parts]
+        if settings.shadow:
+            reporting.pending(flow, "request")
+            self.verdicts.spawn(self.verdicts.background_scan(flow, route, "request", calls),
+                                "lakera shadow request scan")
+            return
+        verdict = await self.verdicts.lakera.screen_parts(settings, calls)
+        decision = decide(verdict, settings)
+        if decision.mask:
+            decision = decide_failure(Failure(
+                FailureKind.MASK, "cannot mask: a body of no known protocol"), settings)
+        if decision.deny:  # first: what is recorded must have happened
+            self.verdicts.deny(flow, state, "request", verdict)
+        self.verdicts.record(flow, route, "request", decision, verdict)
 
     async def _mask(
         self,
@@ -192,6 +272,7 @@ class RequestSide:
                 texts.update(masking.confirmed(settings, batch, extra))
         masker = masking.Masker(texts)
         masked = masker.document(body)
+        masker.check_all_replaced()
         try:
             flow.request.content = json.dumps(masked, ensure_ascii=False).encode()
         except UnicodeEncodeError:  # a lone surrogate: keep it escaped
@@ -223,7 +304,14 @@ class RequestSide:
               state: FlowState) -> None:
         """A request-side failure found before Lakera was asked: `fail_open` decides."""
         decision = decide_failure(failure, route.settings)
-        self.verdicts.record(flow, route, "request", decision)
-        if decision.deny:
+        if decision.deny:  # first: what is recorded must have happened
             self.verdicts.deny(flow, state, "request", None)
+        self.verdicts.record(flow, route, "request", decision)
 
+
+
+def generic_messages(body: dict[str, Any]) -> list[extract.Message]:
+    """Every string value of a body of no known protocol, as one user message (what an
+    upstream might read of it); screened whole, in parts if large (screen_budget)."""
+    texts = [text for text in lenient_json.string_values(body) if text.strip()]
+    return [{"role": "user", "content": "\n".join(texts)}] if texts else []

@@ -1,5 +1,10 @@
-"""Which protocol a screened request speaks (SPEC section 3, `auto` detection), and what the path
-and the answer's Content-Type say about its framing."""
+"""Which protocol a screened request speaks (SPEC section 3, `auto` detection), what the path
+and the answer's Content-Type say about its framing, and the path as upstreams route it.
+
+Paths are read the way the most lenient upstream routes them (SPEC section 5, the invariant):
+percent-decoded, `\\` as `/`, repeated slashes, `.` and `..` segments, `;parameters` and a
+trailing slash dropped, and without regard to case; a client cannot take a screened endpoint
+past a route or the protocol detection by spelling its path another way."""
 
 from __future__ import annotations
 
@@ -16,17 +21,60 @@ _STREAMED_TYPES: Final = frozenset(
 )
 
 
-def _path_only(path: str) -> str:
-    return path.split("?", 1)[0].rstrip("/")
+_DECODE_ROUNDS: Final = 3  # %2541 → %41 → A: servers decode once, proxies in front again
+
+
+def _without_query(path: str) -> str:
+    return path.split("?", 1)[0].split("#", 1)[0]
+
+
+def _decoded(path: str) -> list[str]:
+    """The path as sent, then percent-decoded, again while that changes it."""
+    forms = [path]
+    for _ in range(_DECODE_ROUNDS):
+        decoded = unquote(forms[-1])
+        if decoded == forms[-1]:
+            break
+        forms.append(decoded)
+    return forms
+
+
+def _normalized(path: str) -> str:
+    """Segments cleaned: `\\` as `/`, empty and `.` segments dropped, `..` resolved,
+    `;parameters` dropped; one leading slash, none trailing."""
+    segments: list[str] = []
+    for segment in path.replace("\\", "/").split("/"):
+        segment = segment.split(";", 1)[0]
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    return "/" + "/".join(segments)
+
+
+def path_forms(path: str) -> tuple[str, ...]:
+    """Every form in which an upstream may route `path` (without query), lowercased: as sent,
+    decoded, normalized. A route's path globs match if they match any of them."""
+    forms = _decoded(_without_query(path))
+    return tuple(dict.fromkeys(f.lower() for form in forms for f in (form, _normalized(form))))
+
+
+def _clean_path(path: str) -> str:
+    """The path fully decoded and normalized, case kept: what protocol detection reads."""
+    return _normalized(_decoded(_without_query(path))[-1])
 
 
 def _gemini_call(path: str) -> tuple[str, str] | None:
     """(model, method) of a Gemini path whose last segment is `{model}:generateContent` or
     `{model}:streamGenerateContent` (`.../models/gemini-2.5-flash:generateContent`)."""
-    last = unquote(_path_only(path).rsplit("/", 1)[-1])
+    last = _clean_path(path).rsplit("/", 1)[-1]
     model, colon, method = last.rpartition(":")
-    if colon and model and method in _GEMINI_METHODS:
-        return model, method
+    for known in _GEMINI_METHODS:
+        if colon and model and method.lower() == known.lower():
+            return model, known
     return None
 
 
@@ -65,7 +113,7 @@ def _native_protocol(path: str, body: dict[str, object] | None) -> Protocol | No
         return protocols.GEMINI_GENERATE
     if body is not None and not isinstance(body.get("model"), str):
         return None
-    stripped = _path_only(path)
+    stripped = _clean_path(path).lower()
     if stripped.endswith("/api/chat"):
         return protocols.OLLAMA_CHAT
     if stripped.endswith("/api/generate"):
@@ -83,7 +131,7 @@ def detect_protocol(declared: str, path: str, body: dict[str, object]) -> Protoc
     native = _native_protocol(path, body)
     if native is not None:
         return native
-    path = _path_only(path)
+    path = _clean_path(path).lower()
     if path.endswith("/messages"):
         return protocols.ANTHROPIC_MESSAGES
     if path.endswith("/responses") and "input" in body:
@@ -100,7 +148,7 @@ def guess_protocol(path: str) -> Protocol:
     native = _native_protocol(path, None)
     if native is not None:
         return native
-    path = _path_only(path)
+    path = _clean_path(path).lower()
     if path.endswith("/messages"):
         return protocols.ANTHROPIC_MESSAGES
     if path.endswith("/responses"):

@@ -26,19 +26,26 @@ def json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def utf8(text: str) -> bytes:
+    """UTF-8 that never fails: a lone surrogate (JSON allows "\\ud800", and a client or upstream
+    can send one in any field the addon echoes) is written as its JSON escape, valid inside
+    the JSON string it came from."""
+    return text.encode("utf-8", "backslashreplace")
+
+
 def json_bytes(value: Any) -> bytes:
-    return json_text(value).encode("utf-8")
+    return utf8(json_text(value))
 
 
 def sse_data(payloads: Iterable[Mapping[str, Any] | str]) -> bytes:
     """Bare `data:` events (openai chat style); a str payload is sent verbatim (`[DONE]`)."""
     datas = (p if isinstance(p, str) else json_text(p) for p in payloads)
-    return "".join(f"data: {d}\n\n" for d in datas).encode("utf-8")
+    return utf8("".join(f"data: {d}\n\n" for d in datas))
 
 
 def sse_named(events: Iterable[Mapping[str, Any]]) -> bytes:
     """`event: <type>` + `data:` events, the type taken from each payload's `type`."""
-    return "".join(f"event: {e['type']}\ndata: {json_text(e)}\n\n" for e in events).encode("utf-8")
+    return utf8("".join(f"event: {e['type']}\ndata: {json_text(e)}\n\n" for e in events))
 
 
 def new_id(prefix: str) -> str:
@@ -257,4 +264,4 @@ def ollama_answer(protocol: Protocol, text: str, model: str, done: bool) -> dict
 
 
 def ndjson(lines: Iterable[Mapping[str, Any]]) -> bytes:
-    return "".join(json_text(line) + "\n" for line in lines).encode("utf-8")
+    return utf8("".join(json_text(line) + "\n" for line in lines))

@@ -13,6 +13,7 @@ from mitmproxy import hooks
 from mitmproxy import http
 from mitmproxy.utils import asyncio_utils
 
+from lakera_addon import protocols
 from lakera_addon import reporting
 from lakera_addon import routing
 from lakera_addon import screen_budget
@@ -24,6 +25,7 @@ from lakera_addon.decision import decide
 from lakera_addon.decision import decide_failure
 from lakera_addon.decision import deny_text
 from lakera_addon.deny import build_deny
+from lakera_addon.deny import last_resort
 from lakera_addon.extract import Message
 from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
@@ -33,6 +35,12 @@ from lakera_addon.stats import Stats
 from lakera_addon.verdict import Verdict
 
 logger = logging.getLogger("lakera_addon")
+
+
+def close(flow: http.HTTPFlow) -> None:
+    """Close a flow's connections (mitmproxy's kill): what is left when nothing can be sent."""
+    if flow.killable:
+        flow.kill()  # type: ignore[no-untyped-call]
 
 
 class Verdicts:
@@ -73,10 +81,25 @@ class Verdicts:
         verdict: Verdict | None = None,
         masked: Counter[str] | None = None,
     ) -> None:
-        """The one place a decision is recorded: metadata, comment, mark, log, stats, audit."""
-        side_record = reporting.record(flow, route, side, decision, verdict, masked)
-        self.stats.observe(side, decision, verdict)
-        self.audit.write(flow, route.name, side, side_record)
+        """The one place a decision is recorded: metadata, comment, mark, log, stats, audit.
+        Never raises (a full disk under the audit log must not undo a deny): what cannot be
+        recorded is logged as such."""
+        try:
+            side_record = reporting.record(flow, route, side, decision, verdict, masked)
+        except Exception:
+            logger.exception("lakera_addon could not record a %s verdict", side)
+            side_record = {"verdict": decision.outcome,
+                           "action": "blocked" if decision.deny else "allowed"}
+        try:
+            self.stats.observe(side, decision, verdict)
+            self.audit.write(flow, route.name, side, side_record)
+        except Exception:
+            logger.exception("lakera_addon could not count or audit a %s verdict", side)
+
+    def count_failure(self, failure: Failure) -> None:
+        """A failure that decided nothing on its own (a window scan the route lets through):
+        counted, so that the stats show every failure."""
+        self.stats.failures[failure.kind] += 1
 
     def unscanned(self, flow: http.HTTPFlow, route: Route, side: Side, reason: str) -> None:
         self.record(flow, route, side, Decision("unscanned", False, reason))
@@ -86,23 +109,35 @@ class Verdicts:
     def deny(
         self, flow: http.HTTPFlow, state: FlowState, side: Side, verdict: Verdict | None
     ) -> None:
-        """Answer the client with the protocol's deny instead of the upstream's answer."""
-        settings = state.settings
-        if side == "request":
-            stream = state.streams
-        else:
-            stream = flow.response is not None and routing.is_streamed_answer(
-                flow.response.headers.get("content-type"))
-        deny = build_deny(
-            state.protocol,
-            deny_text(side, verdict, settings),
-            status=settings.deny_code,
-            stream=stream,
-            model=state.model,
-            json_array=state.json_array,
-        )
+        """Answer the client with the protocol's deny instead of the upstream's answer. Never
+        raises: if the deny cannot be built, the one built ahead of time from constants goes
+        out; if not even that, the flow is killed (the connection closed). Call it before
+        recording: a deny that is recorded must have happened."""
         state.denied = True
-        flow.response = http.Response.make(deny.status, deny.body, deny.headers)
+        stream = False
+        try:
+            settings = state.settings
+            if side == "request":
+                stream = state.streams
+            else:
+                stream = flow.response is not None and routing.is_streamed_answer(
+                    flow.response.headers.get("content-type"))
+            deny = build_deny(
+                state.protocol,
+                deny_text(side, verdict, settings),
+                status=settings.deny_code,
+                stream=stream,
+                model=state.model,
+                json_array=state.json_array,
+            )
+        except Exception:
+            logger.exception("lakera_addon could not build a deny; sending the last resort")
+            deny = last_resort(state.protocol, stream, state.json_array)
+        try:
+            flow.response = http.Response.make(deny.status, deny.body, deny.headers)
+        except Exception:
+            logger.exception("lakera_addon could not answer with a deny; closing the flow")
+            close(flow)
 
     def internal_error(
         self,
@@ -113,16 +148,22 @@ class Verdicts:
         state: FlowState | None,
     ) -> None:
         """An unexpected error while screening: logged with its traceback (never with content:
-        the addon's exceptions carry none), and decided like a failure (`fail_open`)."""
+        the addon's exceptions carry none), and decided like a failure (`fail_open`): on a
+        fail-closed route the flow is denied. Never raises."""
         logger.error("lakera_addon internal error on %s [%s route=%s]: %s",
                      side, reporting.flow_label(flow), route.name, type(error).__name__,
                      exc_info=error)
         failure = Failure(FailureKind.INTERNAL, f"internal error ({type(error).__name__})")
         decision = decide_failure(failure, route.settings)
-        self.record(flow, route, side, decision)
         if decision.deny and not (state and state.denied):
-            fallback = FlowState(route, routing.guess_protocol(flow.request.path), None, False)
-            self.deny(flow, state or fallback, side, None)
+            if state is None:
+                try:
+                    protocol = routing.guess_protocol(flow.request.path)
+                except Exception:
+                    protocol = protocols.OPENAI_CHAT
+                state = FlowState(route, protocol, None, False)
+            self.deny(flow, state, side, None)
+        self.record(flow, route, side, decision)
 
     # --- flows that changed after their last hook --------------------------------------------
 

@@ -21,8 +21,13 @@ from google.genai import types as genai_types
 
 from lakera_addon.answer_text import response_text
 from lakera_addon.assembly import assemble
+from lakera_addon.deny import CUT_PROTOCOLS
+from lakera_addon.deny import LAST_RESORT_TEXT
 from lakera_addon.deny import DenyResponse
 from lakera_addon.deny import build_deny
+from lakera_addon.deny import cut_ending
+from lakera_addon.deny import last_resort
+from lakera_addon.deny import last_resort_cut
 from lakera_addon.protocols import ALL
 from lakera_addon.protocols import Protocol
 from lakera_addon.routing import gemini_json_array
@@ -578,3 +583,44 @@ def test_native_awkward_texts_survive(protocol: Protocol, path: str, stream: boo
     server = NativeServer(build_deny(protocol, text, status=200, stream=stream, model=MODEL,
                                      json_array=gemini_json_array(path)))
     assert reader(server, MODEL) == (text, MODEL)
+
+
+# --- a deny can never fail -----------------------------------------------------------------
+
+SURROGATE = "\ud800"
+
+
+@pytest.mark.parametrize("protocol", ALL)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_lone_surrogate_in_the_model_is_escaped_not_fatal(protocol: Protocol,
+                                                            stream: bool) -> None:
+    deny = build_deny(protocol, TEXT + SURROGATE, status=200, stream=stream, model=SURROGATE)
+    deny.body.decode("utf-8")  # valid UTF-8
+    if protocol != "openai-embeddings":
+        assert b"\\ud800" in deny.body
+
+
+@pytest.mark.parametrize("protocol", sorted(CUT_PROTOCOLS))
+@pytest.mark.parametrize("last", [
+    {"id": SURROGATE, "model": SURROGATE, "item_id": SURROGATE, "responseId": SURROGATE,
+     "modelVersion": SURROGATE},
+    {"id": {"a": [1]}, "created": "x", "index": [], "sequence_number": True,
+     "output_index": -4, "choices": [{"index": {"deep": 1}}], "candidates": "no"},
+    {"id": "x" * 100_000, "created": 2**80},
+])
+def test_cut_endings_take_only_safe_echoed_fields(protocol: Protocol,
+                                                  last: dict[str, object]) -> None:
+    ending = cut_ending(protocol, TEXT, last, SURROGATE, sent_text="so far")
+    ending.decode("utf-8")
+    assert len(ending) < 5000  # an echoed id is cut to a modest length
+    assert b"{'a'" not in ending and b'"deep"' not in ending  # odd types are not echoed
+
+
+@pytest.mark.parametrize("protocol", ALL)
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_last_resort_is_built_ahead_for_every_protocol(protocol: Protocol,
+                                                           stream: bool) -> None:
+    deny = last_resort(protocol, stream)
+    assert deny.headers["x-lakera-guard"] == "blocked" and LAST_RESORT_TEXT.encode() in deny.body
+    if protocol in CUT_PROTOCOLS:
+        assert LAST_RESORT_TEXT.encode() in last_resort_cut(protocol)

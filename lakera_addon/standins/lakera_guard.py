@@ -7,6 +7,7 @@ screened text, for the failures the addon must handle:
 
   lakera-sleep-<ms>   answer after <ms> milliseconds
   lakera-500 / -429 / -503 / -401   answer with that status
+  lakera-fail-once-<word>           answer 500 to the first call with it, then as usual
   lakera-notjson      200 with a body that is not JSON
   lakera-noflag       200 with a JSON object without `flagged`
   lakera-array        200 with a JSON array
@@ -48,6 +49,7 @@ DETECTORS: tuple[tuple[str | re.Pattern[str], str, str], ...] = (
 )
 _SLEEP = re.compile(r"lakera-sleep-(\d+)")
 _STATUS = re.compile(r"lakera-(401|429|500|503)\b")
+_FAIL_ONCE = re.compile(r"lakera-fail-once-([\w-]+)")
 
 
 def _text(document: Any) -> str:
@@ -136,6 +138,7 @@ class LakeraGuardStandin(BackgroundServer):
         self.delay_s = 0.0  # added to every answer (benchmarks, pass-through timing)
         self.force_status: int | None = None
         self.calls = 0
+        self._failed_once: set[str] = set()
         self._lock = threading.Lock()
 
     def _app(self, request: Request, out: Writer) -> None:
@@ -162,6 +165,12 @@ class LakeraGuardStandin(BackgroundServer):
             time.sleep(delay)
         status = _STATUS.search(text)
         forced = self.force_status or (int(status.group(1)) if status else None)
+        once = _FAIL_ONCE.search(text)
+        if once and not forced:
+            with self._lock:
+                first = once.group(1) not in self._failed_once
+                self._failed_once.add(once.group(1))
+            forced = 500 if first else None
         if forced:
             out.send_json(forced, {"error": "stand-in failure", "status": forced})
         elif "lakera-notjson" in text:

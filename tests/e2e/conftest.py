@@ -54,6 +54,10 @@ ROUTES = [
     route("progressive-open", stream_mode="progressive", window_chars=200, fail_open=True),
     route("progressive-mask", stream_mode="progressive", window_chars=200,
           detector_actions=MASK_RULES),
+    route("tools", screen_tool_definitions=True),
+    route("progressive-small", stream_mode="progressive", window_chars=200, max_body_bytes=4096),
+    route("progressive-small-open", stream_mode="progressive", window_chars=200,
+          max_body_bytes=4096, fail_open=True),
 ]
 
 

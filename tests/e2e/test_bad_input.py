@@ -48,22 +48,17 @@ def test_nothing_to_screen_passes_without_a_lakera_call(clients: Clients, proxy:
     assert record["marked"] == ""
 
 
-@pytest.mark.parametrize(
-    ("path", "body", "reason"),
-    [
-        ("/v1/chat/completions", {"model": "m", "messages": "hello"},
-         "openai-chat body has no 'messages' list"),
-        ("/v1/messages", {"model": "m", "messages": {"role": "user"}},
-         "anthropic-messages body has no 'messages' list"),
-        ("/v1/chat/completions", [1, 2], "request body is not a JSON object"),
-        ("/v1/chat/completions", {"model": "m"}, "request body matches no known LLM protocol"),
-    ],
-)
+@pytest.mark.parametrize(("body", "reason"), [
+    ([1, 2], "request body is not a JSON object"),
+    ("not json at all", "request body is not JSON"),
+])
 @pytest.mark.parametrize("route", ["block", "failmode-error"])
-def test_wrong_shapes_follow_fail_mode(clients: Clients, proxy: Proxy, path, body, reason,
-                                       route) -> None:
+def test_bodies_that_are_no_json_object_follow_fail_mode(clients: Clients, proxy: Proxy, body,
+                                                        reason, route) -> None:
+    """fail_mode decides only for a body no LLM upstream would take as a request."""
     c = clients.make(route)
-    response = c.http.post(f"{c.base}{path}", content=json.dumps(body).encode(),
+    raw = json.dumps(body).encode() if not isinstance(body, str) else body.encode()
+    response = c.http.post(f"{c.base}/v1/chat/completions", content=raw,
                            headers={"content-type": "application/json"})
     if route == "failmode-error":
         assert response.status_code == 500
@@ -73,14 +68,43 @@ def test_wrong_shapes_follow_fail_mode(clients: Clients, proxy: Proxy, path, bod
     assert proxy.wait_for_logged(f"route={route}]: {reason} (fail_mode=")
 
 
-def test_invalid_utf8_and_lone_surrogates_are_screened(clients: Clients, lakera) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "how"),
+    [
+        ("/v1/chat/completions", {"model": "m", "messages": "hello"},
+         "not openai-chat; openai-chat body has no 'messages' list"),
+        ("/v1/messages", {"model": "m", "messages": {"role": "user", "content": "hello"}},
+         "not anthropic-messages"),
+        ("/v1/chat/completions", {"model": "m", "prompt": "hello"}, "no known protocol"),
+    ],
+)
+def test_objects_of_the_wrong_or_no_known_shape_are_screened_whole(
+        clients: Clients, proxy: Proxy, lakera, path, body, how) -> None:
+    """A JSON object an LLM upstream might still take is not left to fail_mode: every string in
+    it is screened (and blocked when flagged)."""
+    c = clients.make("block")
+    body = json.loads(json.dumps(body).replace("hello", f"hello {c.id}"))
+    c.http.post(f"{c.base}{path}", json=body)
+    (screened,) = lakera_bodies(lakera, c.id)
+    assert screened["messages"][0]["role"] == "user"
+    record = proxy.wait_for_record(c.id, lambda r: r["hook"] == "response")
+    assert record["lakera"]["request"]["verdict"] == "clean"
+    assert how in record["lakera"]["request"]["coverage"]
+    flagged = clients.make("block")
+    body = json.loads(json.dumps(body).replace(c.id, f"{ATTACK_TRIGGER} {flagged.id}"))
+    response = flagged.http.post(f"{flagged.base}{path}", json=body)
+    assert DENY in response.text
+
+
+def test_invalid_utf8_and_lone_surrogates_are_screened(clients: Clients, lakera, llm) -> None:
     c = clients.make("block")
     raw = (b'{"model":"m","messages":[{"role":"user","content":"\\ud800 bad \xff\xfe '
            + f'{ATTACK_TRIGGER} {c.id}'.encode() + b'"}]}')
     response = c.http.post(f"{c.base}/v1/chat/completions", content=raw,
                            headers={"content-type": "application/json"})
-    # not UTF-8: not JSON for Python's parser either -> fail_mode skip passes it on
-    assert response.status_code == 400
+    # not UTF-8, yet a lenient upstream (Go's decoder) reads it: read the same way, screened
+    assert response.json()["choices"][0]["message"]["content"] == DENY
+    assert not llm_saw(llm, c.id)
     c2 = clients.make("block")  # JSON may carry a lone surrogate, escaped
     body = {"model": "m", "messages": [
         {"role": "user", "content": f"\ud800 {ATTACK_TRIGGER} {c2.id}"}]}

@@ -176,7 +176,8 @@ def test_injected_prompt_is_blocked_before_the_llm(proxy: Proxy, llm, kind, stre
 
 def test_tool_result_injection_is_blocked_gemini(proxy: Proxy, lakera, llm) -> None:
     """A functionResponse carrying an injection (indirect prompt injection) is screened as a
-    tool result and blocked; the function call itself is the model's own and not screened."""
+    tool result and blocked; the function call's arguments are screened as the model's own
+    turn (a hostile client can write them into the history)."""
     test_id = new_id()
     contents = [
         genai_types.Content(role="user", parts=[genai_types.Part(text=f"weather? {test_id}")]),
@@ -192,7 +193,8 @@ def test_tool_result_injection_is_blocked_gemini(proxy: Proxy, lakera, llm) -> N
     assert not llm_saw(llm, test_id)
     (screened,) = lakera_bodies(lakera, test_id)
     assert [(m["role"], m["content"]) for m in screened["messages"]] == [
-        ("user", f"weather? {test_id}"), ("tool", f"Sunny. {ATTACK_TRIGGER} {test_id} 21")]
+        ("user", f"weather? {test_id}"), ("assistant", "Zurich"),
+        ("tool", f"Sunny. {ATTACK_TRIGGER} {test_id} 21")]
     verdict(proxy, test_id, "request", "flagged")
 
 
@@ -215,7 +217,7 @@ def test_tool_result_injection_is_blocked_ollama(proxy: Proxy, lakera, llm, stre
     assert text == REQUEST_DENY
     assert not llm_saw(llm, test_id)
     (screened,) = lakera_bodies(lakera, test_id)
-    assert [m["role"] for m in screened["messages"]] == ["user", "tool"]
+    assert [m["role"] for m in screened["messages"]] == ["user", "assistant", "tool"]
     verdict(proxy, test_id, "request", "flagged")
 
 
