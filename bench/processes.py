@@ -1,4 +1,4 @@
-"""The benchmark's processes (bench/run.py, bench/progressive.py): the stand-ins, a fresh mitmdump
+"""The benchmark's processes (bench/run.py, live.py, streams.py): the stand-ins, a fresh mitmdump
 per measurement (plain, or with the addon in one of the VARIANTS), pinned to a core, and what
 /proc says of its CPU and memory."""
 
@@ -38,15 +38,22 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, tuple[str, ...]]] = {
     "input-scan": ({"direction": "input", "action": "block"}, ()),
     "held": ({"direction": "output", "action": "block"}, ()),
     "pass-through": ({"direction": "output", "action": "alert", "fail_open": True}, ()),
-    "progressive": ({"direction": "output", "action": "block", "stream_mode": "progressive"},
-                    ()),
+    "live": ({"direction": "output", "action": "block", "stream_mode": "live"}, ()),
+    "windowed": ({"direction": "output", "action": "block", "stream_mode": "windowed"}, ()),
+    # the stream modes with small windows, for answers of ~1,000 characters (bench/streams.py)
+    "live-200": ({"direction": "output", "action": "block", "stream_mode": "live",
+                  "window_chars": 200}, ()),
+    "windowed-200": ({"direction": "output", "action": "block", "stream_mode": "windowed",
+                      "window_chars": 200}, ()),
+    "parallel": ({"direction": "input", "action": "block", "input_mode": "parallel"}, ()),
     # identical requests (a retry storm): every Lakera call after the first is a cache hit
     "input-cached": ({"direction": "input", "action": "block", "verdict_cache_seconds": 300},
                      ()),
     "both": ({"direction": "both", "action": "block"}, ()),
 }
 # what each variant is compared with (plain mitmdump buffers a stream; plain-stream does not)
-BASELINES = {"pass-through": ("plain-stream", "plain"), "progressive": ("plain-stream", "plain"),
+BASELINES = {"pass-through": ("plain-stream", "plain"), "live": ("plain-stream", "plain"),
+             "windowed": ("plain-stream", "plain"),
              "plain-stream": ("plain",)}
 
 

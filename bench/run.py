@@ -26,8 +26,10 @@ from typing import Any
 
 import httpx
 
+from bench import live
 from bench import micro
 from bench import shapes
+from bench import streams
 from bench.processes import BASELINES
 from bench.processes import CHAT_PATH
 from bench.processes import JSON_REPLY_REPEAT
@@ -263,12 +265,12 @@ QUICK = Plan(rounds=1, main_c=10, main_requests={"json": 200, "sse": 100},
 
 MAIN = [("plain", False), ("plain", True), ("plain-stream", True), ("no-route", False),
         ("no-route", True), ("input-scan", False), ("input-scan", True), ("held", True),
-        ("pass-through", True), ("progressive", True), ("both", False),
-        ("input-cached", False)]
+        ("pass-through", True), ("live", True), ("windowed", True), ("both", False),
+        ("input-cached", False), ("parallel", False)]
 SSE_MAIN_REPEAT = 20  # ~64 KB of SSE: 320 events
 PROTOCOL_SCENARIOS = [("plain", False), ("input-scan", False), ("both", False), ("plain", True),
                       ("held", True), ("plain-stream", True), ("pass-through", True),
-                      ("progressive", True)]
+                      ("live", True), ("windowed", True)]
 
 
 def stream_repeat(target: int, ports: Standins) -> int:
@@ -308,7 +310,7 @@ class Bench:
 
     def wanted(self, variant: str) -> bool:
         return self.only is None or variant in self.only or variant == "plain" or (
-            variant == "plain-stream" and bool({"pass-through", "progressive"} & self.only))
+            variant == "plain-stream" and bool({"pass-through", "live", "windowed"} & self.only))
 
     def main_table(self) -> list[Figures]:
         scenarios = [(v, s) for v, s in MAIN if self.wanted(v)]
@@ -332,7 +334,7 @@ class Bench:
         out = []
         for target, n in self.plan.streams.items():
             load = Load(True, repeat=stream_repeat(target, self.ports))
-            for variant in ("plain", "held", "plain-stream", "pass-through", "progressive"):
+            for variant in ("plain", "held", "plain-stream", "pass-through", "live", "windowed"):
                 out.append(self.run(variant, load, self.plan.stream_c, n))
         return out
 
@@ -352,7 +354,8 @@ class Bench:
         for c, n in self.plan.concurrency.items():
             for variant, stream in (("plain", False), ("input-scan", False), ("both", False),
                                     ("plain", True), ("held", True), ("plain-stream", True),
-                                    ("pass-through", True), ("progressive", True)):
+                                    ("pass-through", True), ("live", True),
+                                    ("windowed", True)):
                 load = Load(stream, repeat=SSE_MAIN_REPEAT if stream else JSON_REPLY_REPEAT)
                 out.append(self.run(variant, load, c, max(n, c)))
         return out
@@ -435,9 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(VARIANTS),
                         help="the main table for these scenarios only (plain always runs)")
     parser.add_argument("--axes",
-                        default="protocols,conversation,stream,concurrency,micro,progressive",
+                        default="protocols,conversation,stream,concurrency,micro,live,streams",
                         help="which further tables: comma-separated subset of protocols,"
-                             "conversation,stream,concurrency,micro,progressive, or 'none'")
+                             "conversation,stream,concurrency,micro,live,streams, or 'none'")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin the proxy to one core and the rest to the others")
     parser.add_argument("--requests", type=int, help="requests per measurement (override)")
@@ -501,12 +504,12 @@ def main(argv: list[str] | None = None) -> int:
             conc_results = bench.concurrency_axis()
             section("Concurrency", figures_table(conc_results, "c") + "\n\n"
                     + ratio_table(conc_results, "c"))
-    if "progressive" in axes:
-        from bench import progressive
-
-        with tempfile.TemporaryDirectory(prefix="lakera-bench-") as tmp:
-            for title, text in progressive.sections(Path(tmp), args.quick):
-                section(title, text)
+    for axis in ("live", "streams"):
+        if axis in axes:
+            module = live if axis == "live" else streams
+            with tempfile.TemporaryDirectory(prefix="lakera-bench-") as tmp:
+                for title, text in module.sections(Path(tmp), args.quick):
+                    section(title, text)
     if "micro" in axes:
         rows = []
         for size in (1_000, 100_000, 1_000_000):

@@ -1,51 +1,28 @@
 """The assistant's text of a non-streamed JSON answer (SPEC section 3, "Text of a response"):
-all choices / text blocks / output_text parts / candidates, joined with a blank line. Streamed
-answers are assembled by assembly.StreamAssembler."""
+every text the SDKs show their caller (answer_fields.py: content, refusals, reasoning and
+thinking, audio transcripts) of all choices / blocks / output items / candidates, joined with a
+blank line. Streamed answers are assembled by assembly.StreamAssembler."""
 
 from __future__ import annotations
 
-import json
 from typing import Final
 
+from lakera_addon import answer_fields as fields
 from lakera_addon import lenient_json
 from lakera_addon import protocols
-from lakera_addon.assembly import SEPARATOR
-from lakera_addon.assembly import Key
-from lakera_addon.assembly import gemini_chunk
-from lakera_addon.assembly import join_pieces
 from lakera_addon.protocols import Protocol
-
-
-def _texts_of_parts(parts: object, kinds: dict[str, str]) -> list[str]:
-    """Texts of a list of typed parts; `kinds` maps a part type to its text field."""
-    if not isinstance(parts, list):
-        return []
-    texts: list[str] = []
-    for part in parts:
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
-        field = kinds.get(kind) if isinstance(kind, str) else None
-        if field is None:
-            continue
-        text = part.get(field)
-        if isinstance(text, str) and text:
-            texts.append(text)
-    return texts
-
-
-_CHAT_PARTS: Final = {"text": "text", "output_text": "text"}
-_ANTHROPIC_BLOCKS: Final = {"text": "text"}
-_RESPONSES_PARTS: Final = {"output_text": "text", "refusal": "refusal"}
+from lakera_addon.stream_events import SEPARATOR
+from lakera_addon.stream_events import Texts
+from lakera_addon.stream_events import gemini_chunk
 
 
 def _gemini_response_text(body: object) -> str:
     """A GenerateContentResponse, or the JSON array of chunks `streamGenerateContent` answers
     without `alt=sse`: each candidate's texts concatenated across the chunks."""
-    pieces: dict[Key, list[str]] = {}
+    texts = Texts()
     for chunk in body if isinstance(body, list) else [body]:
-        gemini_chunk(pieces, chunk)
-    return join_pieces(pieces)
+        gemini_chunk(texts, chunk)
+    return texts.text
 
 
 def response_text(protocol: Protocol, body: object) -> str:
@@ -56,48 +33,59 @@ def response_text(protocol: Protocol, body: object) -> str:
         return ""
     texts: list[str] = []
     if protocol == protocols.OPENAI_CHAT:
-        choices = body.get("choices")
-        for choice in choices if isinstance(choices, list) else []:
-            message = choice.get("message") if isinstance(choice, dict) else None
-            if not isinstance(message, dict):
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                if content:
-                    texts.append(content)
-            else:
-                texts.extend(_texts_of_parts(content, _CHAT_PARTS))
+        for choice in fields.as_list(body.get("choices")):
+            if isinstance(choice, dict):
+                texts.extend(text for _, text in fields.chat_texts(choice.get("message")))
     elif protocol == protocols.ANTHROPIC_MESSAGES:
-        texts.extend(_texts_of_parts(body.get("content"), _ANTHROPIC_BLOCKS))
+        for block in fields.as_list(body.get("content")):
+            text = fields.anthropic_block_text(block)
+            if text:
+                texts.append(text)
     elif protocol == protocols.OPENAI_RESPONSES:
-        output = body.get("output")
-        for item in output if isinstance(output, list) else []:
-            if isinstance(item, dict) and item.get("type") == "message":
-                texts.extend(_texts_of_parts(item.get("content"), _RESPONSES_PARTS))
-    elif protocol == protocols.OLLAMA_CHAT:
-        message = body.get("message")
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str) and content:
-            texts.append(content)
-    elif protocol == protocols.OLLAMA_GENERATE:
-        answer = body.get("response")
-        if isinstance(answer, str) and answer:
-            texts.append(answer)
+        for item in fields.as_list(body.get("output")):
+            texts.extend(text for _, _, text in fields.responses_item_texts(item))
+    elif protocol in (protocols.OLLAMA_CHAT, protocols.OLLAMA_GENERATE):
+        texts.extend(text for _, text in fields.ollama_texts(
+            body, protocol == protocols.OLLAMA_CHAT))
     return SEPARATOR.join(texts)
+
+
+def with_hidden(text: str, hidden: list[str]) -> str:
+    """An answer's text and the strings its lenient reading found hidden (under duplicate or
+    case-variant keys, after its first JSON value: lenient_json), each once, in one text."""
+    seen: set[str] = set()
+    extra = []
+    for string in hidden:
+        if string and string not in seen:
+            seen.add(string)
+            extra.append(string)
+    return SEPARATOR.join(t for t in (text, "\n".join(extra)) if t)
 
 
 _SSE_FIELDS: Final = ("event:", "id:", "retry:", ":")
 
 
-def generic_text(content: bytes) -> str:
-    """The text of an answer of no known protocol: every string value of it read as one JSON
-    document, or else of each line (an SSE `data:` line or an NDJSON line) read as JSON, and
-    any other line as it is; lines of SSE fields and `[DONE]` are left out."""
-    text = content.decode("utf-8", "replace")
+def _lenient_strings(data: bytes) -> list[str] | None:
+    """Every string value of `data` read leniently as JSON (lenient_json), with the strings it
+    hides; None unless all of it is JSON."""
     try:
-        return "\n".join(lenient_json.string_values(json.loads(text)))
-    except (ValueError, RecursionError):
-        pass
+        body = lenient_json.loads(data)
+    except RecursionError:
+        return None
+    if body is None or "data after the JSON value" in body.notes:
+        return None
+    return [*lenient_json.string_values(body.value), *body.hidden_strings]
+
+
+def generic_text(content: bytes) -> str:
+    """The text of an answer of no known protocol: every string value of it read as JSON
+    values, or else of each line (an SSE `data:` line or an NDJSON line) read as JSON, and
+    any other line as it is; lines of SSE fields and `[DONE]` are left out. JSON is read
+    leniently (lenient_json: duplicate and case-variant keys, values after the first)."""
+    whole = _lenient_strings(content)
+    if whole is not None:
+        return "\n".join(whole)
+    text = content.decode("utf-8", "replace")
     texts: list[str] = []
     for line in text.splitlines():
         line = line.strip()
@@ -107,8 +95,6 @@ def generic_text(content: bytes) -> str:
             continue
         if not line or line == "[DONE]":
             continue
-        try:
-            texts.extend(lenient_json.string_values(json.loads(line)))
-        except (ValueError, RecursionError):
-            texts.append(line)
+        strings = _lenient_strings(line.encode("utf-8", "surrogatepass"))
+        texts.extend([line] if strings is None else strings)
     return "\n".join(texts)

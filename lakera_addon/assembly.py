@@ -1,27 +1,26 @@
-"""The assistant's text of an LLM answer, streamed or not (SPEC section 3, "Text of a response").
+"""The assistant's text of a streamed answer (SPEC section 3, "Text of a response"; section 5,
+held streams): the stream framed into events here, each event's text and end read by
+stream_events.py (answer_fields.py has the fields).
 
-Streamed text is assembled from the deltas themselves, never from usage events or the
-"done" summaries:
-- openai-chat: `choices[].delta.content`, per choice `index`; terminal `data: [DONE]`.
-- anthropic-messages: `content_block_delta` with a `text_delta`, per content block `index`;
-  terminal `message_stop`.
-- openai-responses: `response.output_text.delta` (and `response.refusal.delta`), per
-  `output_index`/`content_index`; terminal `response.completed`, `response.failed` or
-  `response.incomplete`.
-- gemini-generate (SSE, `?alt=sse`): each event is a GenerateContentResponse chunk;
-  `candidates[].content.parts[].text` (not `thought` parts), per candidate `index`. There is no
-  terminal event: the stream is complete once every candidate seen has carried a
-  `finishReason` (or the prompt was blocked: `promptFeedback.blockReason`).
-- ollama-chat / ollama-generate (NDJSON, one JSON object per line): `message.content` /
-  `response`; terminal: a line with `"done": true`. An unterminated last line counts only if
-  it is a whole JSON document (otherwise it is a line cut short).
+Framing, as each protocol's official SDK reads it:
+- openai-chat, anthropic-messages, openai-responses: SSE (sse_parser.SSEParser, the WHATWG
+  rules the openai and anthropic SDKs follow); openai-chat's terminal event is `data: [DONE]`,
+  which the openai SDK also stops at in a Responses stream (there it is no terminal event).
+- gemini-generate (`?alt=sse`): google-genai's own reading (sse_parser.GeminiChunks): a bare
+  JSON line is a chunk, and a last event needs no blank line after it.
+- ollama-chat / ollama-generate: NDJSON, one JSON object per line. An unterminated last line
+  counts only if it is a whole JSON document (otherwise it is a line cut short).
+
+All the text of a stream is assembled, also what comes after its terminal event or an upstream
+error (the SDKs and raw readers read on); the terminal event (for Gemini: every candidate
+finished) and the error decide only whether the stream is complete. An error event makes a
+stream complete (it is passed through to the client verbatim). A stream that cannot be assembled
+(no recognisable events, data that is not JSON, anywhere in it, or no terminal event) is
+incomplete, with a short reason that never quotes the content. Nothing here raises, whatever
+the bytes.
+
 Texts of several choices / blocks / parts / candidates are joined with a blank line, in index
-order.
-
-An upstream error event ends the stream: it is complete (the error is passed through to the
-client verbatim) and the text that came before it is still screened. A stream that cannot be
-assembled (no recognisable events, data that is not JSON, no terminal event) is incomplete, with
-a short reason that never quotes the content. Nothing here raises, whatever the bytes.
+order; snapshots that differ from the deltas of their part follow them.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Final
 
 from lakera_addon import protocols
@@ -37,10 +37,16 @@ from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
 from lakera_addon.ndjson import NDJSONSplitter
 from lakera_addon.protocols import Protocol
-from lakera_addon.sse_parser import SSEEvent
+from lakera_addon.sse_parser import GeminiChunks
 from lakera_addon.sse_parser import SSEParser
+from lakera_addon.stream_events import SEPARATOR
+from lakera_addon.stream_events import Key
+from lakera_addon.stream_events import Texts
+from lakera_addon.stream_events import join_pieces
+from lakera_addon.stream_events import reader_for
 
-SEPARATOR: Final = "\n\n"
+__all__ = ["SEPARATOR", "Key", "StreamAssembler", "StreamResult", "assemble", "incomplete",
+           "join_pieces"]
 
 NO_EVENTS: Final = "no recognisable events in the stream"
 NOT_TERMINATED: Final = "stream ended before its terminal event"
@@ -49,12 +55,7 @@ NOT_JSON: Final = "event data is not JSON"
 NOT_OBJECT: Final = "event data is not a JSON object"
 EMBEDDINGS: Final = "embeddings answers do not stream"
 
-_RESPONSES_TERMINAL: Final = frozenset(
-    {"response.completed", "response.failed", "response.incomplete"}
-)
-_RESPONSES_TEXT: Final = frozenset({"response.output_text.delta", "response.refusal.delta"})
-
-Key = tuple[int, int]
+_DONE_PROTOCOLS: Final = frozenset({protocols.OPENAI_CHAT, protocols.OPENAI_RESPONSES})
 
 # the C scanner json.loads uses (typeshed does not declare the attribute)
 _SCAN: Final[Callable[[str, int], tuple[object, int]]] = (
@@ -79,11 +80,14 @@ def _json(data: str) -> object:
 
 @dataclass(frozen=True, slots=True)
 class StreamResult:
-    """The assembled text of a stream; `failure` says why it is not complete."""
+    """The assembled text of a stream (all of it, what is screened); `failure` says why it is
+    not complete; `answer` is its visible answer alone (no reasoning, no snapshots), what a
+    stream re-framed from its text carries."""
 
     text: str
     complete: bool
     failure: Failure | None = None
+    answer: str = field(default="", compare=False)
 
     @property
     def reason(self) -> str | None:
@@ -99,137 +103,100 @@ def incomplete(kind: FailureKind, reason: str) -> StreamResult:
     return StreamResult(text="", complete=False, failure=Failure(kind, reason))
 
 
-def _index(value: object) -> int:
-    """An index field; anything but an int counts as 0."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return 0
-
-
-def join_pieces(pieces: dict[Key, list[str]]) -> str:
-    texts = ("".join(pieces[key]) for key in sorted(pieces))
-    return SEPARATOR.join(text for text in texts if text)
-
-
-def _gemini_texts(parts: object) -> list[str]:
-    """Texts of a Gemini `Content`'s parts, without the model's thoughts (`thought: true`)."""
-    if not isinstance(parts, list):
-        return []
-    return [part["text"] for part in parts if isinstance(part, dict)
-            and isinstance(part.get("text"), str) and part.get("thought") is not True]
-
-
-def gemini_chunk(pieces: dict[Key, list[str]], chunk: object) -> tuple[set[int], set[int]]:
-    """Add a GenerateContentResponse's texts to `pieces`, per candidate; (indices of the
-    candidates it carries, indices of those with a finishReason)."""
-    seen: set[int] = set()
-    finished: set[int] = set()
-    candidates = chunk.get("candidates") if isinstance(chunk, dict) else None
-    for candidate in candidates if isinstance(candidates, list) else []:
-        if not isinstance(candidate, dict):
-            continue
-        index = _index(candidate.get("index"))  # omitted when 0 (proto3 JSON)
-        seen.add(index)
-        content = candidate.get("content")
-        if isinstance(content, dict):
-            texts = _gemini_texts(content.get("parts"))
-            if texts:
-                pieces.setdefault((index, 0), []).extend(texts)
-        reason = candidate.get("finishReason")
-        if isinstance(reason, str) and reason:
-            finished.add(index)
-    return seen, finished
-
-
 class StreamAssembler:
     """Feed the decoded bytes of a streamed answer (SSE, or NDJSON for Ollama's native API) in
     chunks; `finish()` gives its text."""
 
     def __init__(self, protocol: Protocol, candidates: int = 1) -> None:
         self._protocol = protocol
+        self._texts = Texts()
+        self._reader = reader_for(protocol, self._texts, candidates)
+        self._read = self._reader.handle if self._reader is not None else _no_reader
         self._parser = SSEParser()
         self._lines = NDJSONSplitter() if protocol in protocols.NDJSON else None
-        # gemini-generate: how many candidates the request asked for (candidateCount), those
-        # seen without a finishReason yet, those finished, and whether the prompt was blocked
-        self._gemini_candidates = candidates
-        self._gemini_open: set[int] = set()
-        self._gemini_finished: set[int] = set()
-        self._gemini_blocked = False
-        self._pieces: dict[Key, list[str]] = {}
+        self._gemini = GeminiChunks() if protocol == protocols.GEMINI_GENERATE else None
+        self._done_marker = protocol in _DONE_PROTOCOLS
+        self._done = False  # openai-chat: `data: [DONE]` was seen
         self._recognised = False
-        self._terminated = False
-        self._errored = False
         self._failure: str | None = None
-        self.chars = 0  # length of the text assembled so far, kept as it grows
-        # the payload of the last event that added text (ids and indices for a cut's ending)
+        # the payload of the last event that added answer text (ids and indices for a cut's
+        # ending): not a reasoning or thinking delta, whose indices the ending must not reuse
         self.last_text_event: dict[str, object] | None = None
 
     @property
+    def chars(self) -> int:
+        """The length of the text assembled so far, kept as it grows."""
+        return self._texts.chars
+
+    @property
     def text(self) -> str:
-        """The text assembled so far."""
-        return join_pieces(self._pieces)
+        """All the text assembled so far: what is screened."""
+        return self._texts.text
+
+    @property
+    def answer_text(self) -> str:
+        """The visible answer assembled so far (the deltas of its text parts; no reasoning,
+        no snapshots): what a cut ending repeats as the text the client has."""
+        return self._texts.answer_text
 
     @property
     def terminated(self) -> bool:
         """The protocol's terminal event (or an error event) was seen; for Gemini, which has
         none, as many candidates as the request asked for have finished and none is still
         open (or the prompt was blocked)."""
-        return self._terminated or self._gemini_blocked or (
-            not self._gemini_open and len(self._gemini_finished) >= self._gemini_candidates)
+        return self._done or (self._reader is not None and self._reader.terminated)
 
     @property
     def errored(self) -> bool:
-        """The stream ended with the upstream's error event."""
-        return self._errored
+        """The stream carried the upstream's error event."""
+        return self._reader is not None and self._reader.errored
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Parse one chunk of the (already content-decoded) body."""
-        if self._protocol == protocols.OPENAI_EMBEDDINGS:
-            return
+        if self._reader is None or self._failure is not None:
+            return  # embeddings, or a stream that cannot be assembled: nothing more to read
         if self._lines is not None:
             for line in self._lines.feed(data):
-                if self._terminated or self._failure is not None:
-                    continue  # after the end, or once the stream cannot be assembled
-                payload = self._payload(line)
-                if payload is not None:
-                    self._handle(payload, "")
-            return
-        for event in self._parser.feed(data):
-            if self._terminated or self._failure is not None:
-                continue  # after the end, or once the stream cannot be assembled
-            self._event(event)
+                self._data(line, "")
+        elif self._gemini is not None:
+            for chunk in self._gemini.feed(data):
+                self._data(chunk, "")
+        else:
+            for event in self._parser.feed(data):
+                self._data(event.data, event.event)
 
     def finish(self) -> StreamResult:
         """End of stream: the result, complete only if the stream reached its end."""
-        if self._protocol == protocols.OPENAI_EMBEDDINGS:
+        if self._reader is None:
             return incomplete(FailureKind.STREAM_UNREADABLE, EMBEDDINGS)
         self._parser.finish()
         if self._lines is not None:
             for line in self._lines.finish():  # the last line, without its line end
                 self._last_line(line)
+        if self._gemini is not None:
+            for chunk in self._gemini.finish():  # what google-genai flushes at the end
+                self._last_line(chunk)
         if self._failure is not None:
             return incomplete(FailureKind.STREAM_UNREADABLE, self._failure)
         if not self._recognised:
             return incomplete(FailureKind.STREAM_UNREADABLE, NO_EVENTS)
         if not self.terminated:
             return incomplete(FailureKind.STREAM_INCOMPLETE, NOT_TERMINATED)
-        return StreamResult(text=self.text, complete=True)
+        return StreamResult(text=self.text, complete=True, answer=self.answer_text)
 
-    def _add(self, key: Key, text: object) -> None:
-        if isinstance(text, str) and text:
-            self._pieces.setdefault(key, []).append(text)
-            self.chars += len(text)
-
-    def _event(self, event: SSEEvent) -> None:
-        data = event.data
-        if (self._protocol == protocols.OPENAI_CHAT and not data.startswith("{")
-                and data.strip() == "[DONE]"):
+    def _data(self, data: str, name: str) -> None:
+        """One event's data (or NDJSON line, or Gemini chunk)."""
+        if self._failure is not None:
+            return
+        if (not data.startswith("{") and self._done_marker
+                and data.strip() == "[DONE]"):  # where the openai SDK stops reading
             self._recognised = True
-            self._terminated = True
+            if self._protocol == protocols.OPENAI_CHAT:
+                self._done = True
             return
         payload = self._payload(data)
         if payload is not None:
-            self._handle(payload, event.event)
+            self._handle(payload, name)
 
     def _payload(self, data: str) -> dict[str, object] | None:
         """An event's (or line's) JSON object; None, with the failure noted, if it is not one."""
@@ -244,9 +211,10 @@ class StreamAssembler:
         return payload
 
     def _last_line(self, line: str) -> None:
-        """An NDJSON stream's last line, which had no line end: a line cut short is not an
-        event (like an unfinished SSE event), a whole JSON document is."""
-        if self._terminated or self._failure is not None:
+        """An NDJSON stream's last line, which had no line end, or what a Gemini stream leaves
+        at its end: a line cut short is not an event (like an unfinished SSE event; an SDK
+        cannot read it either), a whole JSON document is."""
+        if self._failure is not None:
             return
         try:
             payload = _json(line)
@@ -259,94 +227,15 @@ class StreamAssembler:
 
     def _handle(self, payload: dict[str, object], name: str) -> None:
         self._recognised = True
-        before = self.chars
-        if self._protocol == protocols.OPENAI_CHAT:
-            self._openai_chat(payload)
-        elif self._protocol == protocols.ANTHROPIC_MESSAGES:
-            self._anthropic(payload, name)
-        elif self._protocol == protocols.OPENAI_RESPONSES:
-            self._responses(payload, name)
-        elif self._protocol == protocols.GEMINI_GENERATE:
-            self._gemini(payload)
-        else:
-            self._ollama(payload)
-        if self.chars != before:
+        texts = self._texts
+        before = texts.answer_chars
+        self._read(payload, name)
+        if texts.answer_chars != before:
             self.last_text_event = payload
 
-    def _error(self) -> None:
-        self._terminated = True
-        self._errored = True
 
-    def _openai_chat(self, chunk: dict[str, object]) -> None:
-        if chunk.get("error") is not None:
-            self._error()
-            return
-        choices = chunk.get("choices")
-        if not isinstance(choices, list):
-            return
-        for choice in choices:
-            if not isinstance(choice, dict):
-                continue
-            delta = choice.get("delta")
-            if isinstance(delta, dict):
-                self._add((_index(choice.get("index")), 0), delta.get("content"))
-
-    def _anthropic(self, payload: dict[str, object], name: str) -> None:
-        kind = payload.get("type")
-        if not isinstance(kind, str):
-            kind = name
-        if kind == "error":
-            self._error()
-        elif kind == "message_stop":
-            self._terminated = True
-        elif kind == "content_block_start":
-            block = payload.get("content_block")
-            if isinstance(block, dict) and block.get("type") == "text":
-                self._add((_index(payload.get("index")), 0), block.get("text"))
-        elif kind == "content_block_delta":
-            delta = payload.get("delta")
-            if isinstance(delta, dict) and delta.get("type") == "text_delta":
-                self._add((_index(payload.get("index")), 0), delta.get("text"))
-
-    def _responses(self, payload: dict[str, object], name: str) -> None:
-        kind = payload.get("type")
-        if not isinstance(kind, str):
-            kind = name
-        if kind == "error" or name == "error":
-            self._error()
-        elif kind in _RESPONSES_TERMINAL:
-            self._terminated = True
-        elif kind in _RESPONSES_TEXT:
-            key = (_index(payload.get("output_index")), _index(payload.get("content_index")))
-            self._add(key, payload.get("delta"))
-
-    def _gemini(self, chunk: dict[str, object]) -> None:
-        if chunk.get("error") is not None:  # Gemini's error envelope, sent as an event
-            self._error()
-            return
-        pieces: dict[Key, list[str]] = {}
-        seen, finished = gemini_chunk(pieces, chunk)
-        for key in sorted(pieces):
-            for text in pieces[key]:
-                self._add(key, text)
-        self._gemini_finished |= finished
-        self._gemini_open = (self._gemini_open | seen) - self._gemini_finished
-        feedback = chunk.get("promptFeedback")
-        if isinstance(feedback, dict) and feedback.get("blockReason"):
-            self._gemini_blocked = True
-
-    def _ollama(self, payload: dict[str, object]) -> None:
-        if payload.get("error") is not None:
-            self._error()
-            return
-        if self._protocol == protocols.OLLAMA_CHAT:
-            message = payload.get("message")
-            if isinstance(message, dict):
-                self._add((0, 0), message.get("content"))
-        else:
-            self._add((0, 0), payload.get("response"))
-        if payload.get("done") is True:
-            self._terminated = True
+def _no_reader(payload: dict[str, object], name: str) -> None:
+    """(embeddings: never called, nothing is read)"""
 
 
 def assemble(protocol: Protocol, body: bytes, candidates: int = 1) -> StreamResult:

@@ -14,7 +14,8 @@ Direction = Literal["input", "output", "both"]
 Action = Literal["block", "alert"]
 DetectorAction = Literal["block", "alert", "mask"]
 InputScope = Literal["conversation", "latest"]
-StreamMode = Literal["held", "progressive"]
+StreamMode = Literal["held", "windowed", "live"]
+InputMode = Literal["sequential", "parallel"]
 FailMode = Literal["skip", "warn", "error"]
 
 ENV_PREFIX = "$env://"
@@ -102,6 +103,16 @@ def _detector_actions(value: object) -> tuple[tuple[str, DetectorAction], ...]:
     return tuple(pairs)
 
 
+def _stream_mode(value: object) -> str:
+    """held, windowed or live; `progressive` is live's former name and still read as it."""
+    if value == "progressive":
+        return "live"
+    if value not in ("held", "windowed", "live"):
+        raise ValueError("held, windowed or live")
+    assert isinstance(value, str)
+    return value
+
+
 def _deny_code(value: object) -> int:
     code = _int_range(200, 599)(value)
     if code in (204, 205, 304):  # statuses that cannot carry the refusal's body
@@ -160,7 +171,8 @@ PARSERS: dict[str, Callable[[object], Any]] = {
     "max_body_bytes": parse_size,
     "max_screen_bytes": _screen_size,
     "input_scope": _choice("conversation", "latest"),
-    "stream_mode": _choice("held", "progressive"),
+    "stream_mode": _stream_mode,
+    "input_mode": _choice("sequential", "parallel"),
     "window_chars": _int_range(100, 1_000_000, " characters"),
     "verdict_cache_seconds": _int_range(0, 86_400, " seconds (0: no cache)"),
     "screen_tool_definitions": _bool,

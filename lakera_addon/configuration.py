@@ -25,6 +25,7 @@ from lakera_addon.config_values import Action
 from lakera_addon.config_values import DetectorAction
 from lakera_addon.config_values import Direction
 from lakera_addon.config_values import FailMode
+from lakera_addon.config_values import InputMode
 from lakera_addon.config_values import InputScope
 from lakera_addon.config_values import StreamMode
 from lakera_addon.config_values import api_key
@@ -60,10 +61,14 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     max_screen_bytes: int = 128_000  # Lakera's documented content limit per call (128 kB)
     input_scope: InputScope = "conversation"  # or "latest": system + what the turn adds
-    # streamed answers on a route that can block: held whole, or forwarded live and screened
-    # every `window_chars` characters (cut with the protocol's own ending on a flag)
+    # streamed answers on a route that can block: held whole; released window by window after
+    # each window is screened (windowed); or forwarded live and screened behind the stream
+    # every `window_chars` characters, cut with the protocol's own ending on a flag (live)
     stream_mode: StreamMode = "held"
     window_chars: int = 1000
+    # prompts: screened before they go upstream (sequential), or sent at once while Lakera is
+    # asked, the answer held back until the verdict (parallel)
+    input_mode: InputMode = "sequential"
     verdict_cache_seconds: int = 300  # identical Lakera calls within this reuse the verdict
     # screen the request's tool definitions (where MCP "tool poisoning" arrives), once per
     # distinct set of tools (lakera_client.LakeraClient.screen_tool_set)
@@ -92,10 +97,22 @@ class Settings:
         return any(a == "mask" for _, a in self.detector_actions)
 
     @property
-    def progressive(self) -> bool:
-        """Streamed answers stay live and are screened in windows: only where a flag can
-        block and cannot mask (text already sent cannot be masked; mask routes hold)."""
-        return self.stream_mode == "progressive" and not self.shadow and not self.masks
+    def live(self) -> bool:
+        """Streamed answers stay live and are screened behind the stream: only where a flag
+        can block and cannot mask (text already sent cannot be masked; mask routes hold)."""
+        return self.stream_mode == "live" and not self.shadow and not self.masks
+
+    @property
+    def windowed(self) -> bool:
+        """Streamed answers are released window by window after screening (relay.py): only
+        where a flag can block and cannot mask (mask routes hold)."""
+        return self.stream_mode == "windowed" and not self.shadow and not self.masks
+
+    @property
+    def parallel(self) -> bool:
+        """The prompt goes upstream while Lakera is asked (relay.py); where nothing can block,
+        it goes at once anyway (shadow)."""
+        return self.input_mode == "parallel" and self.scans_input and not self.shadow
 
     def action_for(self, detector_type: str) -> DetectorAction:
         """The action of the first glob matching a detector type, else `action`."""
@@ -291,6 +308,10 @@ def parse_config(
         raise _fail(source, "routes", f"route names must be unique ({duplicate!r} repeats)")
     for route in routes:
         _check_api_key(route, source)
+        if route.settings.input_mode == "parallel" and route.settings.masks:
+            raise _fail(f"{source}: routes[{routes.index(route)}] ({route.name})", "input_mode",
+                        "'parallel' is not allowed with detector_actions that mask: the model "
+                        "would see what masking hides; use sequential")
     return Config(source, routes)
 
 

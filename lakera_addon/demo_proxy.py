@@ -63,7 +63,15 @@ def write_config(path: Path, lakera_url: str) -> None:
         "action": "block",
         "fail_open": False,
         "timeout": 2000,
-        "routes": [{"name": "local-llm", "hosts": ["127.0.0.1", "localhost"]}],
+        "routes": [
+            # streamed answers released window by window, each after a clean verdict
+            {"name": "windowed", "hosts": ["127.0.0.1", "localhost"], "paths": ["/windowed/*"],
+             "stream_mode": "windowed", "window_chars": 100},
+            # prompts sent upstream at once, the answer held back until their verdict
+            {"name": "parallel", "hosts": ["127.0.0.1", "localhost"], "paths": ["/parallel/*"],
+             "input_mode": "parallel"},
+            {"name": "local-llm", "hosts": ["127.0.0.1", "localhost"]},
+        ],
     }
     path.write_text(
         "# written by lakera_addon.demo: the addon in front of the local stand-ins\n"

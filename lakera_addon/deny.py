@@ -144,10 +144,12 @@ def _ollama_deny(
     return _response(status, body, streamed=True, stream_type=NDJSON_CONTENT_TYPE)
 
 
-# --- the ending of a progressive stream cut short --------------------------------------------
+# --- the ending of a live stream cut short --------------------------------------------
 
 CUT_SEPARATOR: Final = "\n\n"
 CUT_PROTOCOLS: Final = frozenset(p for p in protocols.ALL if p != protocols.OPENAI_EMBEDDINGS)
+# protocols whose cut ending parses only after the stream's own start went out
+CUT_NEEDS_START: Final = frozenset({protocols.ANTHROPIC_MESSAGES, protocols.OPENAI_RESPONSES})
 # Ollama has no "filtered" done_reason of its own (it sends "stop", "length", "load", "unload");
 # its SDKs type the field as a plain string
 OLLAMA_CUT_REASON: Final = "content_filter"
@@ -161,7 +163,7 @@ def cut_ending(
     *,
     sent_text: str = "",
 ) -> bytes:
-    """The events that end a live stream the addon cuts short (`stream_mode: progressive`):
+    """The events that end a live stream the addon cuts short (`stream_mode: live`):
     the refusal `text` as one more delta of the text being streamed, then the protocol's own
     ending with its "filtered" reason, so that the SDKs end the stream normally:
     - openai-chat: a delta with `finish_reason: "content_filter"`, then `[DONE]`;

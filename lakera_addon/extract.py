@@ -22,15 +22,22 @@ from lakera_addon import protocols
 from lakera_addon import routing
 from lakera_addon.extract_common import BodyShapeError
 from lakera_addon.extract_common import Message
+from lakera_addon.extract_common import append
 from lakera_addon.extract_common import compact
 from lakera_addon.extract_common import definition_messages
-from lakera_addon.extract_common import field as _field
+from lakera_addon.extract_common import fields
+from lakera_addon.extract_common import loose_texts
+from lakera_addon.extract_common import snake
+from lakera_addon.extract_common import turn_role
+from lakera_addon.lenient_json import string_values
+from lakera_addon.lenient_json import with_value
 from lakera_addon.protocols import Protocol
 
 __all__ = [
     "BodyShapeError",
     "Message",
     "latest_turn",
+    "other_fields",
     "request_candidates",
     "request_messages",
     "request_model",
@@ -80,10 +87,45 @@ _DEFINITIONS: dict[str, Callable[[dict[str, object]], list[object]]] = {
 }
 
 
+# Per protocol: the top-level keys its requests have (the SDK's request type, and the keys of
+# lenient servers the extractor reads); tests/test_field_inventory.py keeps them in step with
+# the SDKs. Gemini's are camelCase; Google takes them in snake_case too.
+KNOWN_FIELDS: dict[str, frozenset[str]] = {
+    protocols.OPENAI_CHAT: extract_openai.CHAT_FIELDS,
+    protocols.OPENAI_RESPONSES: extract_openai.RESPONSES_FIELDS,
+    protocols.OPENAI_EMBEDDINGS: extract_openai.EMBEDDINGS_FIELDS,
+    protocols.ANTHROPIC_MESSAGES: extract_anthropic.MESSAGES_FIELDS,
+    protocols.GEMINI_GENERATE: extract_gemini.GENERATE_FIELDS,
+    protocols.OLLAMA_CHAT: extract_ollama.CHAT_FIELDS,
+    protocols.OLLAMA_GENERATE: extract_ollama.GENERATE_FIELDS,
+}
+# The same, as a key of a body is compared with them: in any case (Go's decoder matches keys
+# case-insensitively, and so does the extractors' FoldDict), Gemini's in either spelling
+_FOLDED: dict[str, frozenset[str]] = {
+    protocol: frozenset(k.casefold() for name in names for k in (
+        (name, snake(name)) if protocol == protocols.GEMINI_GENERATE else (name,)))
+    for protocol, names in KNOWN_FIELDS.items()}
+
+
 def request_messages(protocol: Protocol, body: dict[str, object]) -> list[Message]:
     """The messages to screen for a request body of `protocol`: every text the model reads in
-    it but the tool definitions (`tool_definitions`)."""
-    return _EXTRACTORS[protocol](body)
+    it but the tool definitions (`tool_definitions`); first, every string under a top-level
+    key the protocol does not define (`other_fields`)."""
+    return [*other_fields(protocol, body), *_EXTRACTORS[protocol](body)]
+
+
+def other_fields(protocol: Protocol, body: dict[str, object]) -> list[Message]:
+    """Every string under the top-level keys that are not fields of `protocol`, as one `user`
+    message: a lenient server may put a field of its own into the prompt (text-generation-
+    webui's `context`, Bedrock Converse's `system`), and its text is the client's."""
+    known = _FOLDED[protocol]
+    texts: list[str] = []
+    for key, value in body.items():
+        if isinstance(key, str) and key.casefold() not in known:
+            texts += loose_texts({key: value})
+    messages: list[Message] = []
+    append(messages, "user", texts)
+    return messages
 
 
 def tool_definitions(protocol: Protocol, body: dict[str, object]) -> list[Message]:
@@ -131,12 +173,14 @@ def request_candidates(protocol: Protocol, body: dict[str, object]) -> int:
     candidates finished); 1 otherwise."""
     if protocol != protocols.GEMINI_GENERATE:
         return 1
-    config = _field(body, "generationConfig")
-    count = _field(config, "candidateCount") if isinstance(
-        config, dict) else None
-    if isinstance(count, str) and count.isdecimal():  # proto3 JSON also takes "2"
-        count = int(count)
-    return count if isinstance(count, int) and not isinstance(count, bool) and count > 1 else 1
+    counts = [1]
+    for config in fields(body, "generationConfig"):
+        for count in fields(config, "candidateCount"):
+            if isinstance(count, str) and count.isdecimal():  # proto3 JSON also takes "2"
+                count = int(count)
+            if isinstance(count, int) and not isinstance(count, bool):
+                counts.append(count)
+    return max(counts)
 
 
 _CANDIDATE_COUNT = re.compile(rb'(?<!\\)"candidate(?:Count|_count)"\s*:\s*"?(\d{1,6})')
@@ -172,7 +216,7 @@ def sniff_streams(protocol: Protocol, path: str, raw: bytes) -> bool:
 
 
 def _assistant(item: object) -> bool:
-    return isinstance(item, dict) and item.get("role") == "assistant"
+    return isinstance(item, dict) and turn_role(item) == "assistant"
 
 
 def _nothing(item: object) -> None:
@@ -220,4 +264,25 @@ def latest_turn(protocol: Protocol, body: dict[str, object]) -> dict[str, object
             output = server_output(item)
             if output is not None:
                 kept.append(output)
-    return {**body, key: kept}
+    return with_value(body, key, kept)
+
+
+def conversation(
+    protocol: Protocol, body: dict[str, object]
+) -> tuple[list[Message], list[Message]]:
+    """(the conversation, the text under top-level keys the protocol does not define). The
+    second is screened in calls of its own: Lakera judges a call's latest exchange and reads
+    what comes before as context, and text a lenient server puts in the prompt from an unknown
+    key must be judged, not only read."""
+    messages = request_messages(protocol, body)
+    other = other_fields(protocol, body)
+    if messages[:len(other)] != other:  # (request_messages puts them first)
+        return messages, []
+    return messages[len(other):], other
+
+
+def every_string(body: dict[str, object]) -> list[Message]:
+    """Every string value of a body of no known protocol, as one user message (what an
+    upstream might read of it); screened whole, in parts if large (screen_budget)."""
+    texts = [text for text in string_values(body) if text.strip()]
+    return [{"role": "user", "content": "\n".join(texts)}] if texts else []

@@ -12,11 +12,12 @@ from lakera_addon.extract_common import BodyShapeError
 from lakera_addon.extract_common import Message
 from lakera_addon.extract_common import append
 from lakera_addon.extract_common import append_turn
-from lakera_addon.extract_common import attachment_text
+from lakera_addon.extract_common import attachment_text_of
 from lakera_addon.extract_common import items
-from lakera_addon.extract_common import role_name
 from lakera_addon.extract_common import structured_texts
+from lakera_addon.extract_common import turn_role
 from lakera_addon.extract_common import walk
+from lakera_addon.lenient_json import readings
 
 # Blocks with no text the model reads as text: images, encrypted thinking, file uploads, tool
 # references by name, tool definitions (tool_definitions reads those), model fallbacks.
@@ -34,26 +35,41 @@ _OPAQUE = frozenset({
 
 @lru_cache(maxsize=1024)
 def _opaque(key: str) -> bool:
+    """Whether a key (lowercased: a lenient server matches keys in any case) is not prose."""
     return key in _OPAQUE or key.endswith(("_id", "_url", "_name")) or key.startswith(
         "encrypted_")
+
+
+# The top-level keys of a Messages request: the SDK's (`MessageCreateParams` and the beta's),
+# and those of Bedrock's and Vertex's Anthropic bodies (`anthropic_version`, `anthropic_beta`)
+# and the older `output_format` the extractor reads. Any other key is screened whole (extract.py).
+MESSAGES_BEYOND_SDK = frozenset({"anthropic_version", "anthropic_beta", "output_format"})
+MESSAGES_FIELDS = MESSAGES_BEYOND_SDK | {
+    "betas", "billing_policy", "cache_control", "compaction", "container", "context_management",
+    "diagnostics", "fallback_credit_token", "fallbacks", "inference_geo", "max_tokens",
+    "mcp_servers", "messages", "metadata", "model", "output_config", "service_tier", "speed",
+    "stop_sequences", "stream", "system", "thinking", "thread", "tool_choice", "tools",
+    "user_profile_id", "workspace_id"}
 
 
 def _visit(block: dict[str, object], role: str) -> list[tuple[object, str]]:
     """A content block (or anything inside one). Every `*tool_result` block, the client's and
     the server tools' (web search and fetch, code execution, MCP), is tool output."""
     kind = block.get("type")
+    kind = kind if isinstance(kind, str) else None  # (a list or an object is unhashable)
     if kind in _SKIPPED:
         return []
     if isinstance(kind, str) and kind.endswith("tool_result"):
         role = TOOL
     children: list[tuple[object, str]] = []
     for key, value in block.items():
-        if _opaque(key):
+        name = key.lower()
+        if _opaque(name):
             continue
-        if key == "input" and kind in _TOOL_USES:
+        if name == "input" and kind in _TOOL_USES:
             children += [(text, role) for text in structured_texts(value)]
-        elif key == "data" and kind == "base64":  # a base64 source: a PDF, or a text file
-            children.append((attachment_text(block.get("media_type"), value), role))
+        elif name == "data" and kind == "base64":  # a base64 source: a PDF, or a text file
+            children.append((attachment_text_of(readings(block, "media_type"), value), role))
         else:
             children.append((value, role))
     return children
@@ -63,14 +79,15 @@ def anthropic_messages(body: dict[str, object]) -> list[Message]:
     """`system` (a string or blocks) as system; each message's blocks by the message's role:
     text, thinking, documents (text and content sources, titles, context), search results,
     citations, tool inputs; tool results of every kind (nested documents and search results
-    included) as tool. The beta's compaction instructions as system."""
+    included) as tool. The beta's compaction instructions as user (the client's own text, not
+    a system prompt)."""
     messages: list[Message] = []
     append(messages, "system", [t for _, t in walk(body.get("system"), "system", _visit)])
     instructions = [_instructions(body.get("compaction"))]
     management = body.get("context_management")
     if isinstance(management, dict):
         instructions += [_instructions(edit) for edit in items(management.get("edits"))]
-    append(messages, "system", [t for t in instructions if t])
+    append(messages, "user", [t for t in instructions if t])
     value = body.get("messages")
     if not isinstance(value, list):
         raise BodyShapeError(f"{protocols.ANTHROPIC_MESSAGES} body has no 'messages' list")
@@ -79,9 +96,9 @@ def anthropic_messages(body: dict[str, object]) -> list[Message]:
             raise BodyShapeError(f"{protocols.ANTHROPIC_MESSAGES} message is not an object")
         content = item.get("content")
         if isinstance(content, str):  # the common case, quickly
-            append(messages, role_name(item.get("role")), [content])
+            append(messages, turn_role(item), [content])
         else:
-            append_turn(messages, walk(content, role_name(item.get("role")), _visit))
+            append_turn(messages, walk(content, turn_role(item), _visit))
     return messages
 
 
@@ -133,7 +150,7 @@ _SERVER_RESULT_SUFFIX = "tool_result"
 
 def server_output(message: object) -> object | None:
     """An assistant message cut to its server tool results, or None if it holds none."""
-    if not isinstance(message, dict) or message.get("role") != "assistant":
+    if not isinstance(message, dict) or turn_role(message) != "assistant":
         return None
     results = [block for block in items(message.get("content")) if isinstance(block, dict)
                and str(block.get("type")).endswith(_SERVER_RESULT_SUFFIX)]

@@ -18,6 +18,9 @@ from collections.abc import Iterable
 from typing import TypedDict
 from urllib.parse import unquote_to_bytes
 
+from lakera_addon.lenient_json import FoldDict
+from lakera_addon.lenient_json import readings
+
 
 class Message(TypedDict):
     role: str
@@ -37,12 +40,30 @@ Visit = Callable[[dict[str, object], str], list[tuple[object, str]]]
 TOOL = "tool"
 
 
+# The roles Lakera knows, as a turn's role is sent to it: `developer` is `system`, a function
+# result is a tool result
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+          "tool": TOOL, "function": TOOL}
+
+
 def role_name(role: object) -> str:
     """A turn's role as Lakera takes it: `developer` is `system`, a function result is a tool
-    result; no role is the user."""
-    if not isinstance(role, str) or not role:
-        return "user"
-    return {"developer": "system", "function": TOOL}.get(role, role)
+    result; no role, or one Lakera does not know (another case, a made-up name), is the user:
+    the least trusted."""
+    return _ROLES.get(role, "user") if isinstance(role, str) else "user"
+
+
+def one_role(roles: Iterable[str]) -> str:
+    """The role of a text read under several roles (a key given twice or in several cases, of
+    which upstreams read different ones): the role they all agree on, else `user`, the least
+    trusted (never `system`, which Lakera takes as trusted context and does not screen)."""
+    found = set(roles)
+    return found.pop() if len(found) == 1 else "user"
+
+
+def turn_role(item: dict[str, object]) -> str:
+    """The role of a message by its `role` key, every reading of it (`one_role`)."""
+    return one_role(role_name(role) for role in readings(item, "role") or [None])
 
 
 def append(messages: list[Message], role: str, texts: Iterable[str]) -> None:
@@ -78,10 +99,43 @@ def walk(value: object, role: str, visit: Visit) -> Texts:
         elif isinstance(node, list):
             extend([(item, node_role) for item in reversed(node)])
         elif isinstance(node, dict):
-            children = visit(node, node_role)
+            children = [child for variant in type_readings(node)
+                        for child in visit(variant, node_role)]
             children.reverse()
             extend(children)
     return found
+
+
+def type_readings(obj: dict[str, object]) -> list[dict[str, object]]:
+    """The object once per reading of its `type` (a duplicate or case-variant `type` key,
+    which upstreams read differently: each is read as every kind it may be); usually itself."""
+    if not isinstance(obj, FoldDict) or not obj.ambiguous:
+        return [obj]
+    kinds = readings(obj, "type")
+    distinct = [kind for i, kind in enumerate(kinds) if kind not in kinds[:i]]
+    return [obj.reading("type", kind) for kind in distinct] if len(distinct) > 1 else [obj]
+
+
+def loose_texts(value: object) -> list[str]:
+    """Every string in a JSON value of no known shape, in document order: the string values,
+    and the keys that are prose rather than identifiers. Iterative, whatever the depth."""
+    texts: list[str] = []
+    stack: list[object] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if node.strip():
+                texts.append(node)
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+        elif isinstance(node, dict):
+            pending: list[object] = []
+            for key, item in node.items():
+                if isinstance(key, str) and not identifier(key):
+                    pending.append(key)
+                pending.append(item)
+            stack.extend(reversed(pending))
+    return texts
 
 
 def _scalar(value: object) -> str:
@@ -327,6 +381,22 @@ def items(value: object) -> list[object]:
     return value if isinstance(value, list) else []
 
 
-def field(item: dict[str, object], camel: str) -> object:
-    """A Gemini field by its camelCase name, or by the snake_case name REST also accepts."""
-    return item[camel] if camel in item else item.get(snake(camel))
+def fields(item: object, camel: str) -> list[object]:
+    """Every value of a Gemini field: under its camelCase name and its snake_case name (Google
+    takes both, and a body may hold both), each in every reading (duplicates, other cases)."""
+    if not isinstance(item, dict):
+        return []
+    found = readings(item, camel)
+    if snake(camel) != camel:
+        found += readings(item, snake(camel))
+    return [value for i, value in enumerate(found) if all(value is not v for v in found[:i])]
+
+
+def attachment_text_of(media_types: list[object], data: object) -> str | None:
+    """`attachment_text` under every MIME type an attachment may be read with (a duplicate or
+    case-variant key): its text if any of them makes it text."""
+    for media_type in media_types or [None]:
+        text = attachment_text(media_type, data)
+        if text is not None:
+            return text
+    return None

@@ -13,13 +13,21 @@ from lakera_addon.extract_common import BodyShapeError
 from lakera_addon.extract_common import Message
 from lakera_addon.extract_common import Texts
 from lakera_addon.extract_common import append_turn
-from lakera_addon.extract_common import attachment_text
-from lakera_addon.extract_common import field
+from lakera_addon.extract_common import attachment_text_of
+from lakera_addon.extract_common import fields
 from lakera_addon.extract_common import items
+from lakera_addon.extract_common import one_role
 from lakera_addon.extract_common import structured_texts
 from lakera_addon.extract_common import walk
+from lakera_addon.lenient_json import readings
 
 _CAMEL = re.compile(r"_([a-z0-9])")
+# The top-level keys of a generateContent body (REST, camelCase; snake_case is taken too), as
+# google-genai sends it. Any other key is screened whole (extract.py).
+GENERATE_FIELDS = frozenset({
+    "cachedContent", "contents", "continuationToken", "generationConfig", "labels",
+    "modelArmorConfig", "safetySettings", "serviceTier", "store", "systemInstruction",
+    "toolConfig", "tools"})
 
 
 # Part fields that are never prose: ids and function names, MIME types, file URIs (the addon
@@ -51,7 +59,7 @@ def _visit(obj: dict[str, object], role: str) -> list[tuple[object, str]]:
         if name in _STRUCTURED:
             children += [(text, role) for text in structured_texts(value)]
         elif name == "data":  # inlineData: base64 bytes, text when its MIME type is text
-            children.append((attachment_text(field(obj, "mimeType"), value), role))
+            children.append((attachment_text_of(fields(obj, "mimeType"), value), role))
         else:
             children.append((_repeated(value), TOOL if name in _TOOL_PARTS else role))
     return children
@@ -67,8 +75,10 @@ _ROLES = {"model": "assistant", "function": TOOL}
 
 
 def _role(content: dict[str, object]) -> str:
-    role = content.get("role")
-    return _ROLES.get(role, "user") if isinstance(role, str) else "user"
+    """A content's role, every reading of it (`one_role`): `model` is the assistant, any other
+    role (`system` included) the user."""
+    return one_role(_ROLES.get(role, "user") if isinstance(role, str) else "user"
+                    for role in readings(content, "role") or [None])
 
 
 def _content(content: dict[str, object], role: str) -> Texts:
@@ -80,16 +90,15 @@ def gemini_generate(body: dict[str, object]) -> list[Message]:
     text, function call arguments, executable code, text attachments (`inlineData` of a text
     type, decoded); function and tool responses and code execution output as tool."""
     messages: list[Message] = []
-    system = field(body, "systemInstruction")
-    if isinstance(system, str):
-        append_turn(messages, [("system", system)])
-    elif isinstance(system, dict):
-        append_turn(messages, _content(system, "system"))
-    config = field(body, "generationConfig")
-    transcription = field(config, "audioTranscriptionConfig") if isinstance(
-        config, dict) else None
-    if isinstance(transcription, dict):  # text the model rewrites by voice instructions
-        append_turn(messages, walk(field(transcription, "sourceText"), "user", _visit))
+    for system in fields(body, "systemInstruction"):  # camelCase and snake_case: both, if both
+        if isinstance(system, dict):
+            append_turn(messages, _content(system, "system"))
+        else:  # a string, or a shape of its own: all of its text
+            append_turn(messages, walk(system, "system", _visit))
+    for config in fields(body, "generationConfig"):
+        for transcription in fields(config, "audioTranscriptionConfig"):
+            for source in fields(transcription, "sourceText"):  # text the model rewrites by
+                append_turn(messages, walk(source, "user", _visit))  # voice instructions
     contents = _repeated(body.get("contents"))
     if not isinstance(contents, list):
         raise BodyShapeError(f"{protocols.GEMINI_GENERATE} body has no 'contents' list")
@@ -105,20 +114,20 @@ def gemini_tools(body: dict[str, object]) -> list[object]:
     (`responseSchema`, `responseJsonSchema`, `responseFormat`)."""
     definitions: list[object] = []
     for tool in items(_repeated(body.get("tools"))):
-        if isinstance(tool, dict):
-            definitions += items(_repeated(field(tool, "functionDeclarations")))
-    config = field(body, "generationConfig")
-    if isinstance(config, dict):
-        schemas = [field(config, "responseSchema"), field(config, "responseJsonSchema")]
-        for response_format in items(_repeated(field(config, "responseFormat"))):
-            text = field(response_format, "text") if isinstance(response_format, dict) else None
-            schemas.append(field(text, "schema") if isinstance(text, dict) else None)
+        for declarations in fields(tool, "functionDeclarations"):
+            definitions += items(_repeated(declarations))
+    for config in fields(body, "generationConfig"):
+        schemas = [*fields(config, "responseSchema"), *fields(config, "responseJsonSchema")]
+        for response_formats in fields(config, "responseFormat"):
+            for response_format in items(_repeated(response_formats)):
+                for text in fields(response_format, "text"):
+                    schemas += fields(text, "schema")
         definitions += [s for s in schemas if s is not None]
     return definitions
 
 
 def model_turn(content: object) -> bool:
-    return isinstance(content, dict) and content.get("role") == "model"
+    return isinstance(content, dict) and _role(content) == "assistant"
 
 
 def server_output(content: object) -> object | None:

@@ -11,8 +11,8 @@ from lakera_addon.extract_common import Texts
 from lakera_addon.extract_common import append
 from lakera_addon.extract_common import append_turn
 from lakera_addon.extract_common import items
-from lakera_addon.extract_common import role_name
 from lakera_addon.extract_common import structured_texts
+from lakera_addon.extract_common import turn_role
 from lakera_addon.extract_common import walk
 
 
@@ -24,7 +24,7 @@ def _content_visit(part: dict[str, object], role: str) -> list[tuple[object, str
 def _message(item: dict[str, object]) -> Texts:
     """`content` and `thinking` (templates render an earlier turn's thinking) by the message's
     role; the arguments of its tool calls (the model's own, as the history claims them)."""
-    role = role_name(item.get("role"))
+    role = turn_role(item)
     texts = walk(item.get("content"), role, _content_visit)
     if isinstance(item.get("thinking"), str):
         texts.append((role, str(item["thinking"])))
@@ -49,9 +49,17 @@ def ollama_chat(body: dict[str, object]) -> list[Message]:
     return messages
 
 
-# (field, role): `template` replaces the model's prompt template, so its literal text is prompt
-_GENERATE_FIELDS = (("system", "system"), ("template", "system"), ("prompt", "user"),
+# (field, role): `template` replaces the model's prompt template, so its literal text is prompt,
+# anywhere in it (a user turn included): the client's text, `user`, never `system`
+_GENERATE_FIELDS = (("system", "system"), ("template", "user"), ("prompt", "user"),
                     ("suffix", "user"))
+# The top-level keys of the requests (`ollama._types.ChatRequest`, `GenerateRequest`). Any
+# other key is screened whole (extract.py).
+_COMMON_FIELDS = {"format", "keep_alive", "logprobs", "model", "options", "stream", "think",
+                  "top_logprobs"}
+CHAT_FIELDS = frozenset({*_COMMON_FIELDS, "messages", "tools"})
+GENERATE_FIELDS = frozenset({*_COMMON_FIELDS, "context", "height", "images", "prompt", "raw",
+                             "steps", "suffix", "system", "template", "width"})
 
 
 def ollama_generate(body: dict[str, object]) -> list[Message]:

@@ -15,9 +15,12 @@ from lakera_addon.extract_common import append
 from lakera_addon.extract_common import append_turn
 from lakera_addon.extract_common import file_text
 from lakera_addon.extract_common import items
-from lakera_addon.extract_common import role_name
+from lakera_addon.extract_common import loose_texts
+from lakera_addon.extract_common import one_role
 from lakera_addon.extract_common import structured_texts
+from lakera_addon.extract_common import turn_role
 from lakera_addon.extract_common import walk
+from lakera_addon.lenient_json import readings
 
 # Keys whose values are never text the model reads as prose: ids, names of functions and
 # participants (APIs restrict them to identifiers), URLs and file ids the addon cannot fetch,
@@ -31,12 +34,14 @@ _OPAQUE = frozenset({
     "fingerprint", "data", "signature",
 })
 # Keys of a model's item that hold what a tool returned (an MCP call's output, file search
-# results, code interpreter logs, an error the tool reported)
-_OUTPUT_KEYS = frozenset({"output", "outputs", "results", "result", "error"})
+# results, code interpreter logs, an error the tool reported; Bedrock Converse's `toolResult`
+# block, lowercased)
+_OUTPUT_KEYS = frozenset({"output", "outputs", "results", "result", "error", "toolresult"})
 
 
 @lru_cache(maxsize=1024)
 def _opaque(key: str) -> bool:
+    """Whether a key (lowercased: a lenient server matches keys in any case) is not prose."""
     return key in _OPAQUE or key.endswith(("_id", "_url")) or key.startswith("encrypted_")
 
 
@@ -49,19 +54,42 @@ def _visit(obj: dict[str, object], role: str) -> list[tuple[object, str]]:
     kind = obj.get("type")
     children: list[tuple[object, str]] = []
     for key, value in obj.items():
-        if key in _OPAQUE or _opaque(key) or (kind == "image_generation_call" and key == "result"):
+        name = key.lower()
+        if _opaque(name) or (kind == "image_generation_call" and name == "result"):
             continue  # an image generation's result is the image, base64
-        if key == "arguments":
+        if name == "arguments":
             children += [(text, role) for text in structured_texts(value)]
-        elif key == "file_data":
-            children.append((file_text(value), role))
+        elif name in ("file_data", "bytes"):  # a file inline: a data URL or base64 (Bedrock
+            children.append((file_text(value), role))  # Converse's document `bytes`)
         else:
-            children.append((value, TOOL if key in _OUTPUT_KEYS else role))
+            children.append((value, TOOL if name in _OUTPUT_KEYS else role))
     return children
 
 
-_CHAT_EXTRAS = (("chat_template", "system"), ("chat_template_kwargs", "system"),
-                ("documents", "user"))
+# Fields of OpenAI-compatible servers (vLLM) that their chat template renders into the prompt:
+# a template of the client's own (its literal text lands anywhere in the prompt, a user turn
+# included), its variables, RAG documents. All are the client's text: `user`, never `system`.
+_CHAT_EXTRAS = ("chat_template", "chat_template_kwargs", "documents")
+# The top-level keys of a Chat Completions request: the SDK's (`CompletionCreateParams`) and
+# vLLM's extras that the extractor reads. Any other key is screened whole (extract.py).
+CHAT_BEYOND_SDK = frozenset(_CHAT_EXTRAS)
+CHAT_FIELDS = CHAT_BEYOND_SDK | {
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "messages", "metadata", "modalities", "model",
+    "moderation", "n", "parallel_tool_calls", "prediction", "presence_penalty",
+    "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
+    "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
+    "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user",
+    "verbosity", "web_search_options"}
+RESPONSES_FIELDS = frozenset({
+    "access_programs", "background", "background_options", "context_management",
+    "conversation", "image", "include", "input", "instructions", "max_output_tokens",
+    "max_tool_calls", "metadata", "model", "moderation", "multi_agent", "openai-beta",
+    "parallel_tool_calls", "previous_response_id", "prompt", "prompt_cache_key",
+    "prompt_cache_options", "prompt_cache_retention", "reasoning", "safety_identifier",
+    "service_tier", "store", "stream", "stream_options", "temperature", "text", "tool_choice",
+    "tools", "top_logprobs", "top_p", "truncation", "user"})
+EMBEDDINGS_FIELDS = frozenset({"dimensions", "encoding_format", "input", "model", "user"})
 # A message with only these keys and a string content is that string
 _PLAIN = frozenset({"role", "content", "name", "tool_call_id"})
 
@@ -74,19 +102,18 @@ def openai_chat(body: dict[str, object]) -> list[Message]:
     if not isinstance(value, list):
         raise BodyShapeError(f"{protocols.OPENAI_CHAT} body has no 'messages' list")
     messages: list[Message] = []
-    # vLLM's chat template: a template of the client's own, its variables, RAG documents
-    for key, role in _CHAT_EXTRAS:
+    for key in _CHAT_EXTRAS:  # vLLM's chat template, its variables, RAG documents
         if key in body:
-            append(messages, role, [t for _, t in walk(_values(body[key]) if key.endswith(
-                "kwargs") else body[key], role, _visit)])
+            append(messages, "user", [t for _, t in walk(_values(body[key]) if key.endswith(
+                "kwargs") else body[key], "user", _visit)])
     for item in value:
         if not isinstance(item, dict):
             raise BodyShapeError(f"{protocols.OPENAI_CHAT} message is not an object")
         content = item.get("content")
         if isinstance(content, str) and _PLAIN.issuperset(item):  # the common case, quickly
-            append(messages, role_name(item.get("role")), [content])
+            append(messages, turn_role(item), [content])
         else:
-            append_turn(messages, walk(item, role_name(item.get("role")), _visit))
+            append_turn(messages, walk(item, turn_role(item), _visit))
     return messages
 
 
@@ -110,9 +137,13 @@ _SERVER_OUTPUT_ITEMS = frozenset({"mcp_call", "mcp_list_tools", "file_search_cal
 
 
 def _item_role(item: dict[str, object]) -> str:
-    kind = item.get("type")
+    """An input item's role by its type and role, every reading of both (`one_role`)."""
+    return one_role(_kind_role(item, kind) for kind in readings(item, "type") or [None])
+
+
+def _kind_role(item: dict[str, object], kind: object) -> str:
     if kind is None or kind == "message":
-        return role_name(item.get("role"))
+        return turn_role(item)
     if kind in ("mcp_approval_response", "agent_message"):
         return "user"  # the user's approval and its reason; another agent's message
     if isinstance(kind, str) and kind.endswith("_output"):
@@ -125,7 +156,8 @@ def _responses_item(item: object) -> Texts:
         return [("user", item)] if item.strip() else []
     if not isinstance(item, dict):
         raise BodyShapeError(f"{protocols.OPENAI_RESPONSES} input item is not an object")
-    if item.get("type") in _DEFINITION_ITEMS:
+    kinds = readings(item, "type")
+    if kinds and all(isinstance(kind, str) and kind in _DEFINITION_ITEMS for kind in kinds):
         return []
     return walk(item, _item_role(item), _visit)
 
@@ -171,13 +203,17 @@ def openai_responses_tools(body: dict[str, object]) -> list[object]:
 
 
 def responses_model_turn(item: object) -> bool:
-    """Whether an input item is the model's own (an assistant message, a call, reasoning). An
-    item that carries a server-side tool's output (an MCP call and its output) is not."""
+    """Whether an input item is the model's own (an assistant message, a call, reasoning), in
+    every reading of its type and role. An item that carries a server-side tool's output (an
+    MCP call and its output) is not."""
     if not isinstance(item, dict):
         return False
-    kind = item.get("type")
+    return all(_model_kind(item, kind) for kind in readings(item, "type") or [None])
+
+
+def _model_kind(item: dict[str, object], kind: object) -> bool:
     if kind is None or kind == "message":
-        return item.get("role") == "assistant"
+        return turn_role(item) == "assistant"
     return (isinstance(kind, str) and not kind.endswith("_output")
             and kind not in _SERVER_OUTPUT_ITEMS | _DEFINITION_ITEMS
             and kind not in ("mcp_approval_response", "agent_message", "item_reference"))
@@ -185,10 +221,13 @@ def responses_model_turn(item: object) -> bool:
 
 def responses_server_output(item: object) -> object | None:
     """The item itself if it carries a server-side tool's output, else None."""
-    return item if isinstance(item, dict) and item.get("type") in _SERVER_OUTPUT_ITEMS else None
+    kind = item.get("type") if isinstance(item, dict) else None
+    return item if isinstance(kind, str) and kind in _SERVER_OUTPUT_ITEMS else None
 
 
 def openai_embeddings(body: dict[str, object]) -> list[Message]:
+    """Each item of `input`: a string, or every string in an object or a list (a lenient
+    server's own shapes); token-id arrays carry no text to screen."""
     value = body.get("input")
     if isinstance(value, str):
         value = [value]
@@ -196,6 +235,5 @@ def openai_embeddings(body: dict[str, object]) -> list[Message]:
         raise BodyShapeError(f"{protocols.OPENAI_EMBEDDINGS} body has no 'input' string or list")
     messages: list[Message] = []
     for item in value:
-        if isinstance(item, str):  # token-id arrays carry no text to screen
-            append(messages, "user", [item])
+        append(messages, "user", [item] if isinstance(item, str) else loose_texts(item))
     return messages

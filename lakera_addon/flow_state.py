@@ -29,7 +29,9 @@ class FlowState:
     json_array: bool = False  # a Gemini stream asked for as one JSON array (no `alt=sse`)
     generic: bool = False  # no known protocol (`protocol` is a guess from the path, for denies)
     denied: bool = False  # the addon answered with its own deny
-    # the owner of a live answer (pass-through or progressive), set by `responseheaders`
+    relay_token: str | None = None  # sent through the relay (relay.py)
+    relay_screened: bool = False  # the relay screened and released the answer (windowed)
+    # the owner of a live answer (pass-through or live), set by `responseheaders`
     stream: LiveAnswer | None = None
 
     @property

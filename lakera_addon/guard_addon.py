@@ -39,6 +39,8 @@ from lakera_addon.lakera_client import LakeraClient
 from lakera_addon.live_stream import LiveStream
 from lakera_addon.live_stream import PassThrough
 from lakera_addon.live_stream import can_stay_live
+from lakera_addon.relay import Relay
+from lakera_addon.relay import upstream_ssl
 from lakera_addon.request_side import RequestSide
 from lakera_addon.stats import Stats
 from lakera_addon.verdicts import Verdicts
@@ -77,7 +79,8 @@ class LakeraGuard:
             weakref.WeakKeyDictionary()
         )
         self.verdicts = Verdicts(self.lakera, self.counters, self.audit)
-        self.request_side = RequestSide(self.verdicts, self._flows)
+        self.relay = Relay(self.verdicts)
+        self.request_side = RequestSide(self.verdicts, self._flows, self.relay)
         self.held = HeldAnswer(self.verdicts)
 
     # --- options -------------------------------------------------------------------------
@@ -119,6 +122,9 @@ class LakeraGuard:
         except ConfigError as e:
             raise LakeraOptionsError(f"lakera_config: {e}") from None  # type: ignore[no-untyped-call]
         self._check_streaming_options(config)
+        self.relay.upstream_ssl = upstream_ssl(
+            bool(getattr(ctx.options, "ssl_insecure", False)),
+            getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None))
         self.config = config
         routes = ", ".join(r.name for r in config.routes)
         logger.info("lakera guard active: config %s; routes: %s", config.source, routes)
@@ -158,6 +164,7 @@ class LakeraGuard:
         except RuntimeError:
             return
         self.verdicts.spawn(self.lakera.aclose(), "lakera close")
+        self.verdicts.spawn(self.relay.close(), "lakera relay close")
 
     # --- the hooks ---------------------------------------------------------------------------
     # Each hook finds the flow's route or state and hands the flow on; any exception inside a
@@ -186,6 +193,9 @@ class LakeraGuard:
         state = self._answer_state(flow)
         if state is None or flow.response is None:
             return
+        if state.relay_screened:  # released window by window by the relay: pass it on
+            flow.response.stream = True
+            return
         try:
             self._choose_delivery(flow, flow.response, state)
         except Exception as e:  # hold it: the response hook screens it whole
@@ -197,7 +207,7 @@ class LakeraGuard:
     def _choose_delivery(
         self, flow: http.HTTPFlow, response: http.Response, state: FlowState
     ) -> None:
-        """How the answer goes out: held whole, live (progressive), passed through (shadow),
+        """How the answer goes out: held whole, live, passed through (shadow),
         or, when it declares more than max_body_bytes, decided at once without reading it."""
         declared = declared_length(response)
         if declared is not None and declared > state.settings.max_body_bytes:
@@ -211,7 +221,7 @@ class LakeraGuard:
             passing = PassThrough(state, self.verdicts, response.headers.get("content-encoding"))
             state.stream = passing
             response.stream = passing.tap
-        elif can_stay_live(response, state):  # progressive: live, cut on a flag
+        elif can_stay_live(response, state):  # live: cut on a flag
             live = LiveStream(flow, state, self.verdicts)
             state.stream = live
             response.stream = live
@@ -223,6 +233,8 @@ class LakeraGuard:
         if state is None or flow.response is None:
             return None
         self._flows.pop(flow, None)  # exactly one scan per response
+        if state.relay_screened:  # the relay screened it and recorded the verdict
+            return None
         if state.stream is not None:
             self.verdicts.spawn(self._end_stream(flow, state), "lakera stream end")
             return None
@@ -230,6 +242,8 @@ class LakeraGuard:
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self._flows.pop(flow, None)
+        if state is not None and state.relay_token is not None:
+            self.relay.forget(state.relay_token)
         if state is None or state.stream is None or state.denied:
             return
         if flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE:

@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from typing import Any
+from typing import NamedTuple
 
 from mitmproxy import http
 
 from lakera_addon import answer_text
 from lakera_addon import assembly
 from lakera_addon import content_decoding
+from lakera_addon import lenient_json
 from lakera_addon import masking
 from lakera_addon import routing
 from lakera_addon.bodies import maybe_off_loop
-from lakera_addon.bodies import parse_json
 from lakera_addon.decision import Decision
 from lakera_addon.decision import decide
 from lakera_addon.decision import decide_failure
@@ -24,6 +25,7 @@ from lakera_addon.failures import CannotScreen
 from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
 from lakera_addon.failures import MaskError
+from lakera_addon.failures import TooDeep
 from lakera_addon.flow_state import FlowState
 from lakera_addon.verdict import Verdict
 from lakera_addon.verdicts import Verdicts
@@ -41,7 +43,7 @@ class HeldAnswer:
 
     async def _screen(self, flow: http.HTTPFlow, state: FlowState) -> None:
         route, settings = state.route, state.settings
-        text, failure, document = await self._text(flow, state)
+        text, failure, document, visible = await self._text(flow, state)
         if failure is not None and flow.response is not None and flow.response.stream:
             # another addon streamed it to the client already: a deny could not take effect
             self.verdicts.record(flow, route, "response",
@@ -64,7 +66,7 @@ class HeldAnswer:
             try:
                 if len(parts) > 1:
                     raise MaskError("an answer screened in parts cannot be masked")
-                masked = self._mask(flow, state, text, document, verdict)
+                masked = self._mask(flow, state, text, document, verdict, visible)
             except MaskError as e:
                 decision = decide_failure(e.failure("cannot mask: "), settings)
         if decision.deny:  # first: what is recorded must have happened
@@ -95,11 +97,12 @@ class HeldAnswer:
         text: str,
         document: Any,
         verdict: Verdict,
+        visible: str,
     ) -> Counter[str]:
         """Mask the confirmed texts in the answer. A JSON answer is masked in place (ids, usage,
         tool calls kept; the texts masked wherever they occur); a held stream is re-framed from
-        its masked text in the protocol's own shape, so that the SDKs parse it. `document` is the
-        parsed JSON answer, None for a stream."""
+        its masked visible answer (`visible`: not its reasoning) in the protocol's own shape, so
+        that the SDKs parse it. `document` is the parsed JSON answer, None for a stream."""
         assert flow.response is not None
         masker = masking.Masker(masking.confirmed(state.settings, [
             {"role": "assistant", "content": text}], verdict))
@@ -112,7 +115,7 @@ class HeldAnswer:
             return masker.counts
         released = build_deny(
             state.protocol,
-            masker.text(text),
+            masker.text(visible),
             status=flow.response.status_code,
             stream=True,
             model=state.model,
@@ -123,36 +126,66 @@ class HeldAnswer:
         return masker.counts
 
     @staticmethod
-    async def _text(flow: http.HTTPFlow, state: FlowState) -> tuple[str, Failure | None, Any]:
-        """(assistant text, failure, the parsed JSON answer or None for a stream) of a buffered
-        response."""
+    async def _text(flow: http.HTTPFlow, state: FlowState) -> _Read:
+        """(assistant text, failure, the parsed JSON answer or None for a stream, the text a
+        re-framed stream carries) of a buffered response."""
         assert flow.response is not None
         limit = state.settings.max_body_bytes
         if flow.response.stream:
-            return "", Failure(FailureKind.STREAM_UNREADABLE,
-                               "response was streamed by another addon, not held"), None
+            return _failed(Failure(FailureKind.STREAM_UNREADABLE,
+                                   "response was streamed by another addon, not held"))
         try:
             content = content_decoding.decode_bounded(
                 flow.response.raw_content or b"",
                 flow.response.headers.get("content-encoding"), limit)
         except CannotScreen as e:
-            return "", e.failure("response "), None
+            return _failed(e.failure("response "))
         except ValueError:
-            return "", Failure(FailureKind.ANSWER_UNREADABLE,
-                               "response body cannot be decoded"), None
+            return _failed(Failure(FailureKind.ANSWER_UNREADABLE,
+                                   "response body cannot be decoded"))
         if state.generic:  # no known protocol: every string in it is its text
-            return await maybe_off_loop(len(content), answer_text.generic_text, content), None, None
+            text = await maybe_off_loop(len(content), answer_text.generic_text, content)
+            return _Read(text, None, None, text)
         if routing.is_streamed_answer(flow.response.headers.get("content-type")):
             result = await maybe_off_loop(len(content), assembly.assemble, state.protocol,
                                           content, state.candidates)
-            return (result.text, None, None) if result.complete else ("", result.failure, None)
+            if not result.complete:
+                return _failed(result.failure)
+            return _Read(result.text, None, None, result.answer)
         try:
-            body = await parse_json(content)
-        except CannotScreen as e:
-            return "", e.failure("response body "), None
+            body = await maybe_off_loop(len(content), _read_json, content)
+        except RecursionError:
+            return _failed(TooDeep("nests too deeply to be screened").failure("response body "))
         if body is None:
-            return "", Failure(FailureKind.ANSWER_UNREADABLE, "response body is not JSON"), None
-        return answer_text.response_text(state.protocol, body), None, body
+            return _failed(Failure(FailureKind.ANSWER_UNREADABLE, "response body is not JSON"))
+        text = answer_text.with_hidden(answer_text.response_text(state.protocol, body.value),
+                                       body.hidden_strings)
+        return _Read(text, None, body.value, text)
+
+
+def _read_json(content: bytes) -> lenient_json.LenientBody | None:
+    """A JSON answer read as leniently as any client reads it (lenient_json): keys found in
+    any case, as Go finds them, and the values duplicate or case-variant keys hide (a Go client
+    takes the last, a first-wins reader the first), for their strings to be screened with the
+    answer's text. None, as before, for a body Python's own parser refuses (invalid UTF-8, data
+    after the JSON value): such an answer is denied, not read past. RecursionError propagates
+    (too deep: a failure)."""
+    try:
+        json.loads(content)
+    except ValueError:  # (UnicodeDecodeError too)
+        return None
+    return lenient_json.loads(content)
+
+
+class _Read(NamedTuple):
+    text: str
+    failure: Failure | None
+    document: Any
+    visible: str
+
+
+def _failed(failure: Failure | None) -> _Read:
+    return _Read("", failure, None, "")
 
 
 class Replacement:

@@ -34,13 +34,17 @@ _MAX_INT_DIGITS = 4000  # Python's int() refuses more than 4300 digits by defaul
 
 class FoldDict(dict[str, Any]):
     """A JSON object whose keys are also found case-insensitively, as Go's encoding/json finds
-    struct fields: the exact key first, else the last key that folds to the same."""
+    struct fields: the exact key first, else the last key that folds to the same. It also
+    remembers every value a key had when the object was read (`readings`): a key given twice,
+    or in several cases, has several readings, and upstreams disagree on which one counts (Go
+    takes the last case-insensitively, first-wins readers the first)."""
 
-    __slots__ = ("_folded",)
+    __slots__ = ("_folded", "_many")
 
     def __init__(self) -> None:
         super().__init__()
         self._folded: dict[str, str] = {}
+        self._many: dict[str, list[Any]] = {}  # folded key -> its values, when more than one
 
     def _add(self, key: str, value: Any) -> None:
         self[key] = value
@@ -56,6 +60,46 @@ class FoldDict(dict[str, Any]):
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and dict.__contains__(self, self._key(key))
+
+    @property
+    def ambiguous(self) -> bool:
+        """Whether some key of the object had several values when it was read."""
+        return bool(self._many)
+
+    def readings(self, key: str) -> list[Any]:
+        """Every value the object was read with under `key` or a key that folds to it (a
+        duplicate, another case), in document order; [] if there is none."""
+        many = self._many.get(key.casefold())
+        if many is not None:
+            return list(many)
+        found = self._key(key)
+        return [dict.__getitem__(self, found)] if dict.__contains__(self, found) else []
+
+    def reading(self, key: str, value: Any) -> FoldDict:
+        """A copy of the object read with `value` as the one value of `key` (and of every key
+        that folds to it): one reading of an object whose key has several."""
+        folded = key.casefold()
+        copy = FoldDict()
+        for name, item in self.items():
+            if name.casefold() == folded:
+                continue
+            copy._add(name, item)
+        copy._add(key, value)
+        copy._many = {k: v for k, v in self._many.items() if k != folded}
+        return copy
+
+
+def with_value(obj: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of a JSON object with `value` as the value of `key` (a FoldDict stays one, its
+    keys still found in any case)."""
+    return obj.reading(key, value) if isinstance(obj, FoldDict) else {**obj, key: value}
+
+
+def readings(obj: dict[str, Any], key: str) -> list[Any]:
+    """`FoldDict.readings` of any JSON object (a plain dict has at most the exact key's)."""
+    if isinstance(obj, FoldDict):
+        return obj.readings(key)
+    return [obj[key]] if key in obj else []
 
 
 @dataclass(slots=True)
@@ -108,9 +152,10 @@ def loads(data: bytes) -> LenientBody | None:
         for key, value in items:
             seen.setdefault(key.casefold(), []).append(value)
             obj._add(key, value)
-        for values in seen.values():
+        for folded, values in seen.items():
             if len(values) > 1:  # duplicates, or one key in several cases: an upstream may
                 shadowed.extend(values)  # read any of them; all are screened
+                obj._many[folded] = values
         return obj
 
     decoder = json.JSONDecoder(object_pairs_hook=pairs, parse_int=_int)

@@ -3,7 +3,7 @@ owns all of a stream's state and is itself the stream function mitmproxy calls.
 
 - `PassThrough` (shadow routes): every chunk forwarded at once, screened when the stream ends,
   only logged.
-- `LiveStream` (`stream_mode: progressive`): whole events forwarded at once, screened in windows
+- `LiveStream` (`stream_mode: live`): whole events forwarded at once, screened in windows
   behind the stream, cut with the protocol's own ending on a flag.
 """
 
@@ -28,7 +28,7 @@ from lakera_addon.deny import last_resort_cut
 from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
 from lakera_addon.flow_state import FlowState
-from lakera_addon.progressive_stream import ProgressiveTap
+from lakera_addon.live_tap import LiveTap
 from lakera_addon.stream_tap import StreamTap
 from lakera_addon.verdict import Verdict
 from lakera_addon.verdicts import Verdicts
@@ -37,11 +37,11 @@ logger = logging.getLogger("lakera_addon")
 
 
 def can_stay_live(response: http.Response, state: FlowState) -> bool:
-    """`stream_mode: progressive` applies to a stream the addon can end in its protocol's own
-    shape: an identity-encoded body (the ending is appended as plain text) of unknown length
-    (chunked or HTTP/2: the length changes); others are held."""
+    """`stream_mode: live` applies to a stream the addon can end in its protocol's own shape:
+    an identity-encoded body (the ending is appended as plain text) of unknown length (chunked
+    or HTTP/2: the length changes); others are held."""
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    return (state.settings.progressive and state.protocol in CUT_PROTOCOLS
+    return (state.settings.live and state.protocol in CUT_PROTOCOLS
             and encoding in ("", "identity") and "content-length" not in response.headers)
 
 
@@ -83,10 +83,10 @@ class PassThrough:
 
 
 class LiveStream:
-    """A progressive stream: the stream function, its window scans, and what cut it.
+    """A live stream: the stream function, its window scans, and what cut it.
 
     mitmproxy calls it for every chunk; after each, a window scan starts when one is due and
-    none is in flight (`ProgressiveTap.take_window`). A scan that flags (or fails, with
+    none is in flight (`LiveTap.take_window`). A scan that flags (or fails, with
     `fail_open: false`) asks the tap to cut: the next chunk is replaced by the protocol's own
     ending and nothing more of the upstream's answer goes out."""
 
@@ -95,7 +95,7 @@ class LiveStream:
         self.state = state
         self.verdicts = verdicts
         failure_ending = None if settings.fail_open else self._ending(None, "")
-        self.tap = ProgressiveTap(state.protocol, settings.max_body_bytes, settings.window_chars,
+        self.tap = LiveTap(state.protocol, settings.max_body_bytes, settings.window_chars,
                                   state.candidates, failure_ending)
         self.scan: asyncio.Task[None] | None = None  # the window scan in flight
         self.cut_by: tuple[Decision, Verdict | None] | None = None
@@ -107,7 +107,7 @@ class LiveStream:
         try:
             if data and self.tap.take_window():
                 self.scan = asyncio_utils.create_task(
-                    self._window_scans(), name="lakera progressive window scan", keep_ref=True)
+                    self._window_scans(), name="lakera live window scan", keep_ref=True)
         except Exception:  # a stream function must never raise; the end screens everything
             logger.exception("lakera_addon could not start a window scan")
         return out
@@ -149,7 +149,7 @@ class LiveStream:
                     return
         except Exception as e:  # a bug must not let a stream run on unscreened
             flow = self._flow()
-            logger.error("lakera_addon internal error in a progressive scan [%s route=%s]: %s",
+            logger.error("lakera_addon internal error in a live scan [%s route=%s]: %s",
                          reporting.flow_label(flow) if flow else "?", state.route.name,
                          type(e).__name__, exc_info=e)
             verdict = None
@@ -159,7 +159,7 @@ class LiveStream:
                 self._window_failed(failure)
                 return
         self.cut_by = (decision, verdict)
-        tap.cut(self._ending(verdict, tap.text))
+        tap.cut(self._ending(verdict, tap.answer_text))
 
     def _window_failed(self, failure: Failure) -> None:
         """A window scan failed on a route that lets failures through: counted and logged; its
@@ -187,7 +187,7 @@ class LiveStream:
         if self.cut_by is not None and tap.cutting:
             decision, verdict = self.cut_by
             reporting.coverage(flow, route, "response",
-                               f"progressive stream cut: the client received {tap.sent_chars} "
+                               f"live stream cut: the client received {tap.sent_chars} "
                                f"characters; the last clean scan covered {tap.clean_chars}, the "
                                f"flagged one {tap.requested_chars}")
             verdicts.record(flow, route, "response", decision, verdict)
@@ -196,7 +196,7 @@ class LiveStream:
         if tap.failure is not None:  # the tap stopped reading: cut (fail_open false) or not
             if tap.cut_sent:
                 reporting.coverage(flow, route, "response",
-                                   f"progressive stream cut: the client received "
+                                   f"live stream cut: the client received "
                                    f"{tap.sent_chars} characters before the failure")
             verdicts.record(flow, route, "response", decide_failure(tap.failure, route.settings))
             verdicts.notify(flow)
@@ -220,7 +220,7 @@ class LiveStream:
         decision = decide(verdict, route.settings)
         if decision.deny:  # nothing left to cut: the client has the whole answer
             reporting.coverage(flow, route, "response",
-                               "progressive stream: the last window's verdict arrived after the "
+                               "live stream: the last window's verdict arrived after the "
                                "end of the stream")
             decision = Decision(decision.outcome, False, decision.reason, kind=decision.kind)
         verdicts.record(flow, route, "response", decision, verdict)

@@ -13,7 +13,6 @@ from typing import Any
 from mitmproxy import http
 
 from lakera_addon import extract
-from lakera_addon import lenient_json
 from lakera_addon import masking
 from lakera_addon import reporting
 from lakera_addon import routing
@@ -31,6 +30,7 @@ from lakera_addon.failures import MaskError
 from lakera_addon.failures import TooLarge
 from lakera_addon.failures import UnreadableBody
 from lakera_addon.flow_state import FlowState
+from lakera_addon.relay import Relay
 from lakera_addon.verdict import Verdict
 from lakera_addon.verdict import merge
 from lakera_addon.verdicts import Verdicts
@@ -44,9 +44,10 @@ class RequestSide:
     """Screens the prompt of a routed flow. What it learns about the flow goes into `flows`,
     for the answer side."""
 
-    def __init__(self, verdicts: Verdicts, flows: Flows) -> None:
+    def __init__(self, verdicts: Verdicts, flows: Flows, relay: Relay) -> None:
         self.verdicts = verdicts
         self.flows = flows
+        self.relay = relay
 
     async def guard(self, flow: http.HTTPFlow, route: Route) -> None:
         try:
@@ -81,8 +82,36 @@ class RequestSide:
         self.flows[flow] = state
         if settings.scans_output:
             flow.request.anticomp()  # ask the upstream for an identity-encoded answer
+        if settings.parallel:  # upstream at once; the relay holds the answer for the verdict
+            await self.relay.start()
+            verdict = asyncio.ensure_future(self._parallel(flow, state, messages, extra, body))
+            self.relay.send(flow, state, verdict)
+            return
         if settings.scans_input:
             await self._screen(flow, state, messages, extra, body)
+        if not state.denied and settings.windowed and settings.scans_output and state.streams:
+            await self.relay.start()  # the answer is released window by window
+            self.relay.send(flow, state)
+
+    async def _parallel(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        messages: list[extract.Message],
+        extra: list[extract.Message],
+        body: dict[str, Any],
+    ) -> Decision:
+        """`_screen` for a request already on its way: what goes wrong is decided like a
+        failure, and the relay acts on the decision."""
+        try:
+            return await self._screen(flow, state, messages, extra, body, parallel=True)
+        except Exception as e:  # a bug must not let the answer out unscreened
+            logger.error("lakera_addon internal error on request [%s route=%s]: %s",
+                         reporting.flow_label(flow), state.route.name, type(e).__name__,
+                         exc_info=e)
+            failure = Failure(FailureKind.INTERNAL, f"internal error ({type(e).__name__})")
+            return self._conclude(flow, state, decide_failure(failure, state.settings),
+                                  parallel=True)
 
     async def _read(
         self, flow: http.HTTPFlow, route: Route
@@ -110,16 +139,16 @@ class RequestSide:
             generic=detected is None,
         )
         notes = list(read.notes)
+        extra: list[extract.Message] = []
         try:
-            messages = [] if state.generic else extract.request_messages(protocol, body)
+            messages, extra = ([], []) if state.generic else extract.conversation(protocol, body)
         except extract.BodyShapeError as e:
             state.generic = True
             notes.append(str(e))
             messages = []
         if state.generic:
             notes.insert(0, "no known protocol" if detected is None else f"not {protocol}")
-            messages = generic_messages(body)
-        extra: list[extract.Message] = []
+            messages = extract.every_string(body)
         if read.hidden_strings:
             extra.append({"role": "user", "content": "\n".join(read.hidden_strings)})
         if notes:
@@ -133,11 +162,13 @@ class RequestSide:
         messages: list[extract.Message],
         extra: list[extract.Message],
         body: dict[str, Any],
-    ) -> None:
+        parallel: bool = False,
+    ) -> Decision:
+        """Screen the prompt and decide; the decision (recorded; a deny sent unless `parallel`,
+        where the relay sends it)."""
         route, settings = state.route, state.settings
         if not messages and not extra:
-            self.verdicts.unscanned(flow, route, "request", "no text")
-            return
+            return self._unscanned(flow, state, "no text")
         limit = settings.max_screen_bytes
         if state.generic or extra:  # screened whole, in overlapping parts if large
             if state.generic:
@@ -147,45 +178,86 @@ class RequestSide:
         if settings.input_scope == "latest" and not settings.masks and not state.generic:
             # (with mask rules the whole conversation is screened: a client resends its own,
             # unmasked history every turn)
-            messages = extract.request_messages(
-                state.protocol, extract.latest_turn(state.protocol, body))
+            latest = extract.latest_turn(state.protocol, body)
+            messages = extract.conversation(state.protocol, latest)[0]
             if not messages and not extra:
-                self.verdicts.unscanned(flow, route, "request", "no new text since the last turn")
-                return
+                return self._unscanned(flow, state, "no new text since the last turn")
         if not messages:  # only text a lenient reading found: each part in a call of its own
-            await self._screen_parts(flow, state, extra)
-            return
+            return await self._screen_parts(flow, state, extra, parallel)
         fitted = screen_budget.fit_request(messages, limit)
         if fitted is None:
-            self._fail(flow, route, Failure(
+            return self._fail(flow, route, Failure(
                 FailureKind.TOO_LARGE, f"the system prompt and the newest message alone "
-                f"exceed max_screen_bytes ({limit})"), state)
-            return
-        if fitted.dropped:
-            reporting.coverage(flow, route, "request",
-                               f"{fitted.dropped} older of {len(messages)} messages left out to "
-                               f"fit max_screen_bytes ({limit}); sent the system prompt and the "
-                               f"{len(fitted.messages)} most recent")
+                f"exceed max_screen_bytes ({limit})"), state, parallel)
         sent = fitted.messages
-        parts = [sent, *([m] for m in extra)]
+        others = [*self._older(flow, state, messages, sent), *([m] for m in extra)]
         tools = self._tool_parts(state, body)
         if settings.shadow:  # nothing can block: forward now, log the verdict later
             reporting.pending(flow, "request")
             self.verdicts.spawn(self.verdicts.background_scan(
-                flow, route, "request", parts + (tools[1] if tools else [])),
+                flow, route, "request", [sent, *others, *(tools[1] if tools else [])]),
                 "lakera shadow request scan")
-            return
-        verdict = await self._ask(state, parts, tools)
+            return Decision("unscanned", False, "shadow: screened in the background")
+        verdict, prompt = await self._ask(state, sent, others, tools)
         decision = decide(verdict, settings)
         masked: Counter[str] | None = None
         if decision.mask:
             try:
-                masked = await self._mask(flow, state, messages, sent, body, verdict)
+                masked = await self._mask(flow, state, messages, sent, body, prompt)
             except MaskError as e:
                 decision = decide_failure(e.failure("cannot mask: "), settings)
-        if decision.deny:  # first: what is recorded must have happened
-            self.verdicts.deny(flow, state, "request", verdict)
-        self.verdicts.record(flow, route, "request", decision, verdict, masked)
+        return self._conclude(flow, state, decision, verdict, masked, parallel)
+
+    def _conclude(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        decision: Decision,
+        verdict: Verdict | None = None,
+        masked: Counter[str] | None = None,
+        parallel: bool = False,
+    ) -> Decision:
+        """Deny (first: what is recorded must have happened), then record. In parallel mode
+        the request has gone on already: the relay sends the deny (`state.denied` tells the
+        answer side that it is the addon's own)."""
+        if decision.deny:
+            if parallel:
+                state.denied = True
+            else:
+                self.verdicts.deny(flow, state, "request", verdict)
+        self.verdicts.record(flow, state.route, "request", decision, verdict, masked)
+        return decision
+
+    def _unscanned(self, flow: http.HTTPFlow, state: FlowState, reason: str) -> Decision:
+        decision = Decision("unscanned", False, reason)
+        self.verdicts.record(flow, state.route, "request", decision)
+        return decision
+
+    @staticmethod
+    def _older(
+        flow: http.HTTPFlow,
+        state: FlowState,
+        messages: list[extract.Message],
+        sent: list[extract.Message],
+    ) -> list[list[extract.Message]]:
+        """The messages that did not fit one call with the system prompt and the newest ones
+        (`max_screen_bytes`), as calls of their own: a client can write any history, so none
+        of it goes to the model unscreened. (A message larger than one call is split into
+        overlapping parts.)"""
+        kept = {id(m) for m in sent}
+        older = [m for m in messages if id(m) not in kept]
+        if not older:
+            return []
+        limit = state.settings.max_screen_bytes
+        pieces: list[extract.Message] = [
+            {"role": m["role"], "content": part}
+            for m in older for part in screen_budget.split_text(m["content"], limit)]
+        calls = screen_budget.batches(pieces, limit) or [[piece] for piece in pieces]
+        reporting.coverage(flow, state.route, "request",
+                           f"{len(older)} older of {len(messages)} messages screened in "
+                           f"{len(calls)} more call(s) to fit max_screen_bytes ({limit}); the "
+                           f"system prompt and the {len(sent)} most recent in one")
+        return calls
 
     @staticmethod
     def _tool_parts(
@@ -209,23 +281,28 @@ class RequestSide:
     async def _ask(
         self,
         state: FlowState,
-        parts: list[list[extract.Message]],
+        sent: list[extract.Message],
+        others: list[list[extract.Message]],
         tools: tuple[bytes, list[list[extract.Message]]] | None,
-    ) -> Verdict:
-        """The verdict on the prompt, and on the tool definitions (once per distinct set,
-        asked at the same time): a flag or a failure of either is the request's."""
+    ) -> tuple[Verdict, Verdict]:
+        """(the request's verdict, the verdict on `sent` alone) from the calls on the prompt,
+        on what did not fit it and on the tool definitions (once per distinct set), all asked
+        at the same time: a flag or a failure of any is the request's. The verdict on `sent`
+        keeps its spans, for masking."""
         lakera, settings = self.verdicts.lakera, state.settings
-        if tools is None:
-            return await lakera.screen_parts(settings, parts)
-        prompt, tool_set = await asyncio.gather(lakera.screen_parts(settings, parts),
-                                                lakera.screen_tool_set(settings, *tools))
-        if tool_set.failure is None and not tool_set.flagged:
-            return prompt  # (keeps the prompt's spans, for masking)
-        return merge([prompt, tool_set])
+        calls = [lakera.screen(settings, sent), *(lakera.screen(settings, p) for p in others)]
+        if tools is not None:
+            calls.append(lakera.screen_tool_set(settings, *tools))
+        verdicts = await asyncio.gather(*calls)
+        prompt = verdicts[0]
+        if all(v.failure is None and not v.flagged for v in verdicts[1:]):
+            return prompt, prompt
+        return merge(verdicts), prompt
 
     async def _screen_parts(
-        self, flow: http.HTTPFlow, state: FlowState, parts: list[extract.Message]
-    ) -> None:
+        self, flow: http.HTTPFlow, state: FlowState, parts: list[extract.Message],
+        parallel: bool = False,
+    ) -> Decision:
         """Screen text that is not a conversation (a body of no known protocol, what only a
         lenient reading finds), one overlapping part per call; masking does not apply."""
         route, settings = state.route, state.settings
@@ -234,15 +311,13 @@ class RequestSide:
             reporting.pending(flow, "request")
             self.verdicts.spawn(self.verdicts.background_scan(flow, route, "request", calls),
                                 "lakera shadow request scan")
-            return
+            return Decision("unscanned", False, "shadow: screened in the background")
         verdict = await self.verdicts.lakera.screen_parts(settings, calls)
         decision = decide(verdict, settings)
         if decision.mask:
             decision = decide_failure(Failure(
                 FailureKind.MASK, "cannot mask: a body of no known protocol"), settings)
-        if decision.deny:  # first: what is recorded must have happened
-            self.verdicts.deny(flow, state, "request", verdict)
-        self.verdicts.record(flow, route, "request", decision, verdict)
+        return self._conclude(flow, state, decision, verdict, None, parallel)
 
     async def _mask(
         self,
@@ -301,17 +376,9 @@ class RequestSide:
         self.verdicts.audit.write(flow, route.name, "request", entry["request"])
 
     def _fail(self, flow: http.HTTPFlow, route: Route, failure: Failure,
-              state: FlowState) -> None:
+              state: FlowState, parallel: bool = False) -> Decision:
         """A request-side failure found before Lakera was asked: `fail_open` decides."""
-        decision = decide_failure(failure, route.settings)
-        if decision.deny:  # first: what is recorded must have happened
-            self.verdicts.deny(flow, state, "request", None)
-        self.verdicts.record(flow, route, "request", decision)
+        return self._conclude(flow, state, decide_failure(failure, route.settings),
+                              parallel=parallel)
 
 
-
-def generic_messages(body: dict[str, Any]) -> list[extract.Message]:
-    """Every string value of a body of no known protocol, as one user message (what an
-    upstream might read of it); screened whole, in parts if large (screen_budget)."""
-    texts = [text for text in lenient_json.string_values(body) if text.strip()]
-    return [{"role": "user", "content": "\n".join(texts)}] if texts else []

@@ -121,8 +121,17 @@ def _native_protocol(path: str, body: dict[str, object] | None) -> Protocol | No
     return None
 
 
+def _responses_path(path: str) -> bool:
+    """A path of the Responses API: a `responses` segment, last (`/v1/responses`) or not
+    (`/v1/responses/compact`, `/v1/responses/input_tokens`), whose bodies carry `input` items."""
+    return "responses" in path.split("/")
+
+
 def detect_protocol(declared: str, path: str, body: dict[str, object]) -> Protocol | None:
-    """The route's declared protocol, or the first `auto` rule that matches; None if none."""
+    """The route's declared protocol, or the first `auto` rule that matches; None if none.
+    Beyond SPEC's rules: a body with `anthropic_version` is Anthropic's Messages API on any path
+    but a native one (Bedrock's `/model/{id}/invoke`, Vertex's `:rawPredict`), and any path
+    with a `responses` segment is the Responses API."""
     if declared != "auto":
         for known in protocols.ALL:
             if known == declared:
@@ -132,9 +141,9 @@ def detect_protocol(declared: str, path: str, body: dict[str, object]) -> Protoc
     if native is not None:
         return native
     path = _clean_path(path).lower()
-    if path.endswith("/messages"):
+    if path.endswith("/messages") or "anthropic_version" in body:
         return protocols.ANTHROPIC_MESSAGES
-    if path.endswith("/responses") and "input" in body:
+    if _responses_path(path) and "input" in body:
         return protocols.OPENAI_RESPONSES
     if "messages" in body:
         return protocols.OPENAI_CHAT
@@ -151,7 +160,7 @@ def guess_protocol(path: str) -> Protocol:
     path = _clean_path(path).lower()
     if path.endswith("/messages"):
         return protocols.ANTHROPIC_MESSAGES
-    if path.endswith("/responses"):
+    if _responses_path(path):
         return protocols.OPENAI_RESPONSES
     if path.endswith("/embeddings"):
         return protocols.OPENAI_EMBEDDINGS

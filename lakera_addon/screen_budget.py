@@ -97,7 +97,7 @@ def batches(messages: Sequence[Message], limit: int) -> list[list[Message]] | No
 
 
 def window_parts(text: str, clean_chars: int, limit: int) -> list[str]:
-    """What to screen of a growing answer (`stream_mode: progressive`): all of it while it fits
+    """What to screen of a growing answer (`stream_mode: live`): all of it while it fits
     one call; past that, the text from a little before the end of the last clean window
     (`clean_chars`), in parts that each fit."""
     parts = split_text(text, limit)

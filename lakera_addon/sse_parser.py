@@ -18,6 +18,9 @@ Work is linear in the input: only the unfinished tail of the last line is kept (
 place, so a long line fed in tiny chunks is neither re-scanned nor re-copied), and each
 character is scanned for line ends once (by `str.split` when the chunk has no CR). `data:` lines,
 nearly all of a stream, skip the general field parsing (docs/performance.md).
+
+The openai and anthropic SDKs decode SSE by these rules too. google-genai does not: Gemini
+streams are read by `GeminiChunks`, its own reading (below).
 """
 
 from __future__ import annotations
@@ -168,3 +171,127 @@ class SSEParser:
         self._event_type = ""
         self._retry = None
         self._fields_seen = False
+
+
+# --- Gemini: google-genai's own reading of a stream ----------------------------------------
+
+_BRACES: Final = re.compile(r'["{}]')  # outside a JSON string: what changes the depth
+_IN_STRING: Final = re.compile(r'["\\]')  # inside one: its end, or an escape
+
+
+class GeminiChunks:
+    """A Gemini stream's chunks (JSON texts) as google-genai reads them
+    (google/genai/_api_client.py: `HttpResponse._iter_response_stream`, `_SseLineDecoder`,
+    `_RawJsonLineBuffer`), which is not the WHATWG way:
+    - lines end at CR, LF or CRLF; each line is decoded as UTF-8 with errors replaced; no BOM
+      is stripped;
+    - a line starting `data: ` (with its space) adds to the event's data; a blank line ends the
+      event (its data lines joined with LF);
+    - any other line (a bare JSON line, `data:` without its space, `event:`, a comment) is
+      buffered as raw JSON until its braces balance outside strings, and is then a chunk of its
+      own, at once;
+    - at the end of the stream the unfinished line is a line, and what is left of the raw
+      buffer and then of the event's data are chunks too: a last event needs no blank line.
+    Feed raw bytes in chunks of any size; get back the chunks they complete, in order."""
+
+    def __init__(self) -> None:
+        self._line = bytearray()  # the unfinished last line
+        self._cr = False  # a CR ended the last chunk: an LF may follow
+        self._data: list[str] = []
+        self._raw: list[str] = []
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+        self.bytes_seen = 0
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._line or self._cr or self._data or self._raw)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[str]:
+        self.bytes_seen += len(data)
+        chunk = bytes(data)
+        if self._cr:
+            chunk = b"\r" + chunk
+            self._cr = False
+        if chunk.endswith(b"\r"):
+            self._cr = True
+            chunk = chunk[:-1]
+        if not chunk:
+            return []
+        lines = chunk.splitlines()  # (bytes: at CR, LF and CRLF only)
+        tail = None if chunk.endswith((b"\r", b"\n")) else lines.pop()
+        if lines:
+            self._line += lines[0]
+            lines[0] = bytes(self._line)
+            self._line = bytearray()
+        if tail is not None:
+            self._line += tail
+        out: list[str] = []
+        for line in lines:
+            self._add(line.decode("utf-8", "replace"), out)
+        return out
+
+    def finish(self) -> list[str]:
+        """End of stream: the chunks still buffered."""
+        out: list[str] = []
+        if self._line or self._cr:
+            line, self._line, self._cr = bytes(self._line), bytearray(), False
+            self._add(line.decode("utf-8", "replace"), out)
+        if self._raw:
+            remaining = self._flush_raw()
+            if remaining:
+                out.append(remaining)
+        if self._data:
+            out.append("\n".join(self._data))
+            self._data = []
+        return out
+
+    def _add(self, line: str, out: list[str]) -> None:
+        if not line:
+            if self._data:
+                out.append("\n".join(self._data))
+                self._data = []
+        elif line.startswith("data: "):
+            self._data.append(line[6:])
+        else:
+            self._raw.append(line)
+            self._count_braces(line)
+            if self._depth == 0:
+                out.append(self._flush_raw())
+
+    def _count_braces(self, line: str) -> None:
+        at = 0
+        if self._escaped and line:  # a backslash ended the last line, inside a string
+            self._escaped = False
+            at = 1
+        while True:
+            if self._in_string:
+                match = _IN_STRING.search(line, at)
+                if match is None:
+                    return
+                if match.group() == "\\":
+                    at = match.end() + 1
+                    if at > len(line):
+                        self._escaped = True
+                        return
+                    continue
+                self._in_string = False
+            else:
+                match = _BRACES.search(line, at)
+                if match is None:
+                    return
+                char = match.group()
+                if char == '"':
+                    self._in_string = True
+                else:
+                    self._depth += 1 if char == "{" else -1
+            at = match.end()
+
+    def _flush_raw(self) -> str:
+        chunk = "".join(self._raw)
+        self._raw = []
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+        return chunk

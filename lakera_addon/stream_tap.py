@@ -29,6 +29,7 @@ class StreamTap:
         self._assembler = StreamAssembler(protocol, candidates)
         self._max_bytes = max_bytes
         self._seen = 0
+        self._decoded = 0
         self._batch = bytearray()  # decoded, not yet parsed
         self._failure: tuple[FailureKind, str] | None = None
         self.ended = False
@@ -59,6 +60,11 @@ class StreamTap:
             return
         if self._decode is not None:
             data = self._decode(data)
+            self._decoded += len(data)
+            if self._decoded > self._max_bytes:  # a compression bomb: it would all be parsed
+                self._failure = (FailureKind.TOO_LARGE, "stream larger than max_body_bytes "
+                                 f"({self._max_bytes} bytes) once decoded")
+                return
         self._batch += data
         if len(self._batch) >= BATCH_BYTES:
             self._flush()

@@ -24,6 +24,7 @@ from lakera_addon.decision import Side
 from lakera_addon.decision import decide
 from lakera_addon.decision import decide_failure
 from lakera_addon.decision import deny_text
+from lakera_addon.deny import DenyResponse
 from lakera_addon.deny import build_deny
 from lakera_addon.deny import last_resort
 from lakera_addon.extract import Message
@@ -106,6 +107,19 @@ class Verdicts:
 
     # --- denying -----------------------------------------------------------------------------
 
+    def deny_response(
+        self, state: FlowState, side: Side, stream: bool, verdict: Verdict | None = None
+    ) -> DenyResponse:
+        """The protocol's deny for this flow; never raises: if it cannot be built, the one
+        built ahead of time from constants."""
+        try:
+            return build_deny(state.protocol, deny_text(side, verdict, state.settings),
+                              status=state.settings.deny_code, stream=stream,
+                              model=state.model, json_array=state.json_array)
+        except Exception:
+            logger.exception("lakera_addon could not build a deny; sending the last resort")
+            return last_resort(state.protocol, stream, state.json_array)
+
     def deny(
         self, flow: http.HTTPFlow, state: FlowState, side: Side, verdict: Verdict | None
     ) -> None:
@@ -116,23 +130,14 @@ class Verdicts:
         state.denied = True
         stream = False
         try:
-            settings = state.settings
             if side == "request":
                 stream = state.streams
             else:
                 stream = flow.response is not None and routing.is_streamed_answer(
                     flow.response.headers.get("content-type"))
-            deny = build_deny(
-                state.protocol,
-                deny_text(side, verdict, settings),
-                status=settings.deny_code,
-                stream=stream,
-                model=state.model,
-                json_array=state.json_array,
-            )
         except Exception:
-            logger.exception("lakera_addon could not build a deny; sending the last resort")
-            deny = last_resort(state.protocol, stream, state.json_array)
+            logger.exception("lakera_addon could not tell the shape of a deny")
+        deny = self.deny_response(state, side, stream, verdict)
         try:
             flow.response = http.Response.make(deny.status, deny.body, deny.headers)
         except Exception:

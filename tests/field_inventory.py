@@ -71,6 +71,13 @@ BUILTIN = ("a setting of a built-in tool (search, retrieval, maps, file search, 
            "provider configuration, not text the model reads")
 LOGPROBS = "log probabilities the API returned; not given back to the model"
 
+# Any top-level key the protocol's SDK does not define (the test puts its phrase under a key
+# of this name): a lenient server may put a field of its own into the prompt
+OTHER = "<any other key>*"
+OTHER_WHY = ("every string (and prose key) under a top-level key the SDK does not define: a "
+             "lenient server's own field may reach the prompt (text-generation-webui's "
+             "`context`, Bedrock Converse's `system`)")
+
 # What a screened field is
 TEXT = "text"
 TOOL_ARGS = "the arguments of the model's tool calls, as the client's history claims them"
@@ -113,13 +120,15 @@ _CHAT = [
     _no("safety_identifier", ID),
     _no("user", ID),
     _no("stop*", STOP),
-    # OpenAI-compatible servers (vLLM) render these into the prompt with the chat template
-    Row("chat_template", "system", "vLLM: a chat template of the client's own (its literal "
-        "text is prompt)", beyond_sdk=True),
-    Row("chat_template_kwargs{}", "system", "vLLM: variables the chat template renders",
+    # OpenAI-compatible servers (vLLM) render these into the prompt with the chat template:
+    # the client's text wherever the template puts it (a user turn too), so `user`
+    Row("chat_template", "user", "vLLM: a chat template of the client's own (its literal "
+        "text is prompt, anywhere in it)", beyond_sdk=True),
+    Row("chat_template_kwargs{}", "user", "vLLM: variables the chat template renders",
         beyond_sdk=True),
     Row("documents[]{}", "user", "vLLM: documents a RAG chat template renders",
         beyond_sdk=True),
+    Row(OTHER, "user", OTHER_WHY, beyond_sdk=True),
 ]
 
 _RESPONSES = [
@@ -209,13 +218,17 @@ _RESPONSES = [
     _no("prompt_cache_key", ID),
     _no("safety_identifier", ID),
     _no("user", ID),
+    Row(OTHER, "user", OTHER_WHY, beyond_sdk=True),
 ]
 
 _EMBEDDINGS = [
     Row("input", "user", TEXT),
     Row("input[]", "user", TEXT + " (token-id arrays carry none)"),
+    Row("input[]{}", "user", "every string of an item given as an object or a list (a "
+        "lenient server's own shape)", beyond_sdk=True),
     _no("model", MODEL),
     _no("user", ID),
+    Row(OTHER, "user", OTHER_WHY, beyond_sdk=True),
 ]
 
 _ANTHROPIC = [
@@ -263,10 +276,10 @@ _ANTHROPIC = [
         "context), search results (title, source, text), citations (cited text, titles, "
         "sources), tool inputs, a compaction's summary"),
     Row("system*", "system", TEXT + " and its citations"),
-    Row("compaction(type=summarize).instructions", "system", "instructions for summarising "
-        "the conversation (beta)"),
-    Row("context_management.edits[type=compact_*].instructions", "system", "instructions for "
-        "summarising the conversation (beta)"),
+    Row("compaction(type=summarize).instructions", "user", "instructions for summarising "
+        "the conversation (beta): the client's prompt, not a system prompt"),
+    Row("context_management.edits[type=compact_*].instructions", "user", "instructions for "
+        "summarising the conversation (beta): the client's prompt, not a system prompt"),
     _no("context_management.edits[*].clear_tool_inputs[]", NAME),
     _no("context_management.edits[*].exclude_tools[]", NAME),
     _no("betas[]", "beta names (sent as a header)"),
@@ -276,6 +289,8 @@ _ANTHROPIC = [
     _no("inference_geo", PARAM),
     _no("model", MODEL),
     _no("stop_sequences[]", STOP),
+    Row(OTHER, "user", OTHER_WHY + "; Bedrock's and Vertex's `anthropic_version` and "
+        "`anthropic_beta` are fields", beyond_sdk=True),
 ]
 
 _GEMINI_TOOL_PARTS = "function and tool responses and code execution output"
@@ -349,6 +364,7 @@ _GEMINI = [
     _no("labels{}", META),
     _no("modelArmorConfig.*", "names of Model Armor templates"),
     _no("toolConfig.functionCallingConfig.allowedFunctionNames[]", NAME),
+    Row(OTHER, "user", OTHER_WHY, beyond_sdk=True),
 ]
 
 _OLLAMA_CHAT = [
@@ -371,14 +387,16 @@ _OLLAMA_CHAT = [
     _no("keep_alive", PARAM),
     _no("model", MODEL),
     _no("think", PARAM),
+    Row(OTHER, "user", OTHER_WHY + " (Ollama's own server ignores it; another server on the "
+        "path may not)", beyond_sdk=True),
 ]
 
 _OLLAMA_GENERATE = [
     Row("prompt", "user", TEXT),
     Row("suffix", "user", TEXT + " (after the completion)"),
     Row("system", "system", TEXT),
-    Row("template", "system", "a prompt template of the client's own: its literal text is "
-        "prompt"),
+    Row("template", "user", "a prompt template of the client's own: its literal text is "
+        "prompt, anywhere in it (a user turn too)"),
     _no("images[]", MEDIA),
     _no("context[]", "token ids of an earlier exchange: no text the addon can read (see Known "
         "gaps)", beyond_sdk=True),
@@ -388,6 +406,8 @@ _OLLAMA_GENERATE = [
     _no("keep_alive", PARAM),
     _no("model", MODEL),
     _no("think", PARAM),
+    Row(OTHER, "user", OTHER_WHY + " (Ollama's own server ignores it; another server on the "
+        "path may not)", beyond_sdk=True),
 ]
 
 INVENTORY: dict[str, list[Row]] = {

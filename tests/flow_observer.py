@@ -41,6 +41,8 @@ class Observer:
             "comment": flow.comment,
             "marked": flow.marked,
             "error": flow.error.msg if flow.error else None,
+            "destination": f"{flow.request.host}:{flow.request.port}",
+            "relay_token": "x-lakera-relay" in flow.request.headers,
         }
         self._append(record)
 

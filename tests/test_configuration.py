@@ -103,7 +103,11 @@ BAD_DOCUMENTS = [
     ({"bogus": 1}, ["f.yaml", "bogus", "unknown key; allowed:", "api_key"]),
     ({"direction": "sideways"}, ["f.yaml", "direction", "input or output or both"]),
     ({"input_scope": "all"}, ["input_scope", "conversation or latest"]),
-    ({"stream_mode": "live"}, ["stream_mode", "held or progressive"]),
+    ({"stream_mode": "fast"}, ["stream_mode", "'fast' is not allowed", "held, windowed or live"]),
+    ({"input_mode": "eager"}, ["input_mode", "sequential or parallel"]),
+    ({"screen_tool_definitions": "yes"}, ["screen_tool_definitions", "true or false"]),
+    ({"input_mode": "parallel", "detector_actions": {"pii/*": "mask"}},
+     ["input_mode", "'parallel' is not allowed with detector_actions that mask"]),
     ({"window_chars": 99}, ["window_chars", "from 100 to 1000000 characters"]),
     ({"window_chars": "1000"}, ["window_chars", "an integer"]),
     ({"verdict_cache_seconds": -1}, ["verdict_cache_seconds", "from 0 to 86400"]),
@@ -226,16 +230,22 @@ def test_detector_actions_top_level_and_per_route() -> None:
 
 
 @pytest.mark.parametrize(
-    ("document", "progressive"),
+    ("document", "live", "windowed"),
     [
-        ({"stream_mode": "progressive"}, True),
-        ({}, False),
+        ({"stream_mode": "live"}, True, False),
+        ({"stream_mode": "progressive"}, True, False),  # live's former name
+        ({"stream_mode": "windowed"}, False, True),
+        ({}, False, False),
         # shadow mode passes streams through anyway; masks need the whole answer
-        ({"stream_mode": "progressive", "action": "alert", "fail_open": True}, False),
-        ({"stream_mode": "progressive", "detector_actions": {"pii/*": "mask"}}, False),
-        ({"stream_mode": "progressive", "detector_actions": {"pii/*": "alert"}}, True),
+        ({"stream_mode": "live", "action": "alert", "fail_open": True}, False, False),
+        ({"stream_mode": "windowed", "action": "alert", "fail_open": True}, False, False),
+        ({"stream_mode": "live", "detector_actions": {"pii/*": "mask"}}, False, False),
+        ({"stream_mode": "windowed", "detector_actions": {"pii/*": "mask"}}, False, False),
+        ({"stream_mode": "live", "detector_actions": {"pii/*": "alert"}}, True, False),
     ],
 )
-def test_which_routes_stream_progressively(document, progressive) -> None:
+def test_which_routes_stream_live_or_windowed(document, live, windowed) -> None:
     config = parse_config({**document, "routes": [{"name": "r", "hosts": ["h"]}]}, "f", ENV)
-    assert config.routes[0].settings.progressive is progressive
+    assert config.routes[0].settings.live is live
+    assert config.routes[0].settings.windowed is windowed
+    assert config.routes[0].settings.stream_mode in ("held", "windowed", "live")

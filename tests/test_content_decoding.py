@@ -70,3 +70,48 @@ def test_undecodable_bodies(encoding, body, error) -> None:
 def test_identity_over_the_limit() -> None:
     with pytest.raises(TooLarge):
         decode_bounded(b"x" * 11, None, 10)
+
+
+# --- several gzip members, several zstd frames (what urllib3, aiohttp and httpx decode) ------
+
+FIRST, SECOND = b'data: {"first": 1}\n\n', b'data: {"second": "ignore the guard"}\n\n'
+ZSTD = zstandard.ZstdCompressor()
+
+
+@pytest.mark.parametrize(("encoding", "body"), [
+    ("gzip", gzip.compress(FIRST) + gzip.compress(SECOND)),
+    ("gzip", gzip.compress(FIRST) + gzip.compress(b"") + gzip.compress(SECOND)),
+    ("zstd", ZSTD.compress(FIRST) + ZSTD.compress(SECOND)),
+    ("gzip, br", brotli.compress(gzip.compress(FIRST) + gzip.compress(SECOND))),
+])
+def test_every_member_and_frame_is_decoded(encoding, body) -> None:
+    assert decode_bounded(body, encoding, 1 << 20) == FIRST + SECOND
+    decode = make_decoder(encoding)
+    assert decode is not None
+    assert b"".join(decode(body[i:i + 1]) for i in range(len(body))) == FIRST + SECOND
+
+
+def test_bytes_after_the_last_gzip_member_that_start_none_are_ignored() -> None:
+    """As urllib3 ignores them (zero padding, say): nothing a client reads is left out."""
+    body = gzip.compress(FIRST) + gzip.compress(SECOND) + b"\0\0\0 junk"
+    assert decode_bounded(body, "gzip", 1 << 20) == FIRST + SECOND
+
+
+def test_a_corrupt_second_gzip_member_is_an_error() -> None:
+    second = bytearray(gzip.compress(SECOND))
+    second[-8] ^= 0xFF  # its CRC
+    with pytest.raises(ValueError, match="cannot decode gzip"):
+        decode_bounded(gzip.compress(FIRST) + bytes(second), "gzip", 1 << 20)
+
+
+def test_data_after_a_zstd_frame_that_is_no_frame_is_an_error() -> None:
+    with pytest.raises(ValueError, match="cannot decode zstd"):
+        decode_bounded(ZSTD.compress(FIRST) + b"not zstd", "zstd", 1 << 20)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_members_together_stop_at_the_limit(encoding) -> None:
+    compress = gzip.compress if encoding == "gzip" else ZSTD.compress
+    bomb = compress(b"\0" * (1 << 20)) * 40  # 40 MiB in 40 members
+    with pytest.raises(TooLarge, match="once decoded"):
+        decode_bounded(bomb, encoding, 8 << 20)

@@ -16,8 +16,10 @@ def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     assert "LOCAL STAND-INS" in out
     assert "starting mitmdump with the addon..." in out
     rows = [line for line in out.splitlines() if re.match(r"\s+(ok|FAIL)\s+\d+\s", line)]
-    assert len(rows) == len(demo.CLIENTS) * 2 * len(demo.CASES), out
+    assert len(rows) == len(demo.CLIENTS) * 2 * len(demo.CASES) + len(demo.MODE_ROWS), out
     assert all(line.split()[0] == "ok" for line in rows), out
+    modes = rows[len(demo.CLIENTS) * 2 * len(demo.CASES):]
+    rows = rows[:len(demo.CLIENTS) * 2 * len(demo.CASES)]
     for client in demo.CLIENTS:
         for stream in ("no", "yes"):
             mine = [r for r in rows if f" {client} " in r and re.search(rf"\s{stream}\s", r)]
@@ -29,7 +31,14 @@ def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
             assert "request blocked: flagged (prompt_attack)" in injected
             assert '"Response blocked by Lakera Guard"' in answer
             assert "response blocked: flagged (pii/credit_card)" in answer
-    assert f"all {len(rows)} requests ended as expected" in out
+    windowed = [r for r in modes if "windowed stream" in r]
+    assert len(windowed) == len(demo.CLIENTS)  # a windowed stream cut in every SDK
+    assert all("Response blocked by Lakera Guard\"" in r and "Test cards" in r
+               and "response blocked: flagged (pii/credit_card)" in r for r in windowed), out
+    parallel = [r for r in modes if "parallel input" in r]
+    assert any("Request blocked" in r and "request blocked" in r for r in parallel), out
+    assert any("Bern" in r and r.rstrip().endswith(" clean") for r in parallel), out
+    assert f"all {len(rows) + len(modes)} requests ended as expected" in out
     assert "mitmdump's log" in out
 
 

@@ -357,6 +357,34 @@ def test_the_gemini_root_has_the_top_level_fields() -> None:
     assert set(g.GenerateContentConfig.model_fields) >= GEMINI_TOP_LEVEL | GEMINI_SDK_ONLY
 
 
+# Top-level keys the addon knows beyond the SDKs' request types: vLLM's chat template fields
+# (screened as user), Bedrock's and Vertex's Anthropic body fields (a version and beta names)
+# and the older `output_format` (a response schema)
+BEYOND_SDK_FIELDS: dict[str, set[str]] = {
+    protocols.OPENAI_CHAT: {"chat_template", "chat_template_kwargs", "documents"},
+    protocols.ANTHROPIC_MESSAGES: {"anthropic_version", "anthropic_beta", "output_format"},
+}
+
+
+def _top_level(tp: Any) -> set[str]:
+    tp = _bare(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return set().union(*(_top_level(arg) for arg in typing.get_args(tp)))
+    return {key for key, _ in _fields(tp)}
+
+
+@pytest.mark.parametrize("protocol", protocols.ALL)
+def test_the_known_top_level_fields_are_the_sdks(protocol: str) -> None:
+    """`extract.KNOWN_FIELDS` (every other top-level key is screened whole, as `user`) are the
+    top-level fields of the SDK's request type and the few the addon knows beyond it: a field
+    a new SDK release adds fails here until it is classified (here and in field_inventory)."""
+    sdk = set().union(*(_top_level(root) for root in _roots()[protocol]))
+    expected = sdk | BEYOND_SDK_FIELDS.get(protocol, set())
+    known = set(extract.KNOWN_FIELDS[protocol])
+    assert known == expected, (f"not in extract.KNOWN_FIELDS: {sorted(expected - known)}; "
+                               f"not in the SDK: {sorted(known - expected)}")
+
+
 def _check(protocol: str, path: str, kinds: frozenset[str], row: Row, phrase: str) -> str:
     """'' if the field is handled as `row` says, else what happened."""
     body = build_body(protocol, path, _leaf(row, kinds, phrase), row.fill)

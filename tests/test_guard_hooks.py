@@ -150,7 +150,7 @@ def test_an_exception_choosing_the_delivery_holds_the_answer(tmp_path: Path,
     answer = (b'data: {"choices":[{"index":0,"delta":{"content":"' + ATTACK_TRIGGER.encode()
               + b'"}}]}\n\ndata: [DONE]\n\n')
     with LakeraGuardStandin(api_key="k") as lakera:
-        flow = asyncio.run(send(config_file(tmp_path, lakera, stream_mode="progressive"),
+        flow = asyncio.run(send(config_file(tmp_path, lakera, stream_mode="live"),
                                 {**CLEAN, "stream": True}, answer, "text/event-stream"))
     assert flow.response is not None
     assert ATTACK_TRIGGER.encode() not in (flow.response.content or b"")  # held, screened, denied

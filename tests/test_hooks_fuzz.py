@@ -97,7 +97,7 @@ def lakera() -> Iterator[LakeraGuardStandin]:
 def configs(lakera: LakeraGuardStandin, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     made = []
     for action, fail_open, mode in (("block", False, "held"), ("alert", True, "held"),
-                                    ("alert", False, "held"), ("block", False, "progressive")):
+                                    ("alert", False, "held"), ("block", False, "live")):
         path = tmp_path_factory.mktemp("fuzz") / "c.yaml"
         path.write_text(yaml.safe_dump({
             "api_key": "k", "lakera_endpoint": f"{lakera.url}/v2/guard", "timeout": 2000,
@@ -119,7 +119,7 @@ async def run_flow(config: Path, path: str, body: bytes, status: int, content_ty
         if flow.response is None:
             flow.response = http.Response.make(status, b"", {"content-type": content_type})
             # a streamed answer of unknown length, as LLM streams come (chunked or HTTP/2):
-            # with a content-length the progressive configuration would hold it instead
+            # with a content-length the live configuration would hold it instead
             del flow.response.headers["content-length"]
             addon.responseheaders(flow)
             stream = flow.response.stream
@@ -178,7 +178,7 @@ def test_hooks_never_raise(configs, which, path, body, status, content_type, ans
     request = entry.get("request") or {}
     assert request.get("verdict") in ("clean", "flagged", "failure", "unscanned", None)
     stream = flow.response.stream if flow.response else None
-    if callable(stream) and which == 3:  # progressive: whole events, or cut with the ending
+    if callable(stream) and which == 3:  # live: whole events, or cut with the ending
         response = entry.get("response") or {}
         if response.get("action") == "blocked":
             assert b"Response blocked by Lakera Guard" in passed
@@ -188,8 +188,8 @@ def test_hooks_never_raise(configs, which, path, body, status, content_type, ans
         assert passed == answer[:len(passed)] and (cut or passed == answer)
 
 
-def test_the_fuzzed_progressive_configuration_streams_live(configs) -> None:
-    """The fuzz above covers progressive streams only if its fourth configuration really makes
+def test_the_fuzzed_live_configuration_streams_live(configs) -> None:
+    """The fuzz above covers live streams only if its fourth configuration really makes
     them live: a clean SSE answer goes through a LiveStream and arrives whole."""
     body = json.dumps({"model": "m", "stream": True,
                        "messages": [{"role": "user", "content": "hi"}]}).encode()

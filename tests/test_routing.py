@@ -13,6 +13,7 @@ from lakera_addon.configuration import parse_config
 from lakera_addon.routing import detect_protocol
 from lakera_addon.routing import gemini_model
 from lakera_addon.routing import gemini_streams
+from lakera_addon.routing import guess_protocol
 from lakera_addon.routing import path_forms
 
 CONFIG = parse_config({"api_key": "k", "routes": [
@@ -83,3 +84,41 @@ def test_gemini_method_and_model_in_any_case() -> None:
 def test_path_forms_never_raise_and_are_lowercase(path: str) -> None:
     forms = path_forms(path)
     assert forms and all(form == form.lower() for form in forms)
+
+
+@pytest.mark.parametrize(("path", "body", "expected"), [
+    # the Responses API's other endpoints (`client.responses.compact`, `.input_tokens`)
+    ("/v1/responses/compact", {"model": "m", "input": [{"role": "user", "content": "x"}]},
+     protocols.OPENAI_RESPONSES),
+    ("/v1/responses/input_tokens", {"input": "x"}, protocols.OPENAI_RESPONSES),
+    ("/openai/v1/Responses/compact/", {"input": ["x"], "instructions": "i"},
+     protocols.OPENAI_RESPONSES),
+    ("/v1/responses", {"messages": []}, protocols.OPENAI_CHAT),
+    ("/v1/embeddings", {"input": "x"}, protocols.OPENAI_EMBEDDINGS),
+    # Anthropic bodies on Bedrock's and Vertex's paths
+    ("/model/anthropic.claude-v2/invoke", {"anthropic_version": "bedrock-2023-05-31",
+                                           "messages": []}, protocols.ANTHROPIC_MESSAGES),
+    ("/model/anthropic.claude-v2/invoke-with-response-stream",
+     {"anthropic_version": "bedrock-2023-05-31", "messages": []},
+     protocols.ANTHROPIC_MESSAGES),
+    ("/v1/projects/p/locations/l/publishers/anthropic/models/c:rawPredict",
+     {"anthropic_version": "vertex-2023-10-16", "messages": []},
+     protocols.ANTHROPIC_MESSAGES),
+    ("/v1/projects/p/locations/l/publishers/anthropic/models/c:streamRawPredict",
+     {"anthropic_version": "vertex-2023-10-16", "system": "s"},
+     protocols.ANTHROPIC_MESSAGES),
+    # a native path stays native (Ollama's server reads its own fields)
+    ("/api/chat", {"model": "m", "anthropic_version": "x", "messages": []},
+     protocols.OLLAMA_CHAT),
+    # Bedrock Converse: read as chat (its other fields are screened as unknown keys)
+    ("/model/x/converse", {"messages": [], "system": [{"text": "s"}]}, protocols.OPENAI_CHAT),
+    ("/model/x/converse-stream", {"messages": []}, protocols.OPENAI_CHAT),
+])
+def test_protocols_of_other_endpoints(path: str, body: dict[str, object],
+                                      expected: str) -> None:
+    assert detect_protocol("auto", path, body) == expected
+
+
+def test_guess_protocol_of_responses_subpaths() -> None:
+    assert guess_protocol("/v1/responses/compact") == protocols.OPENAI_RESPONSES
+    assert guess_protocol("/v1/embeddings") == protocols.OPENAI_EMBEDDINGS

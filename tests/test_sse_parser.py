@@ -1,14 +1,18 @@
-"""The incremental SSE parser: WHATWG event-stream rules, whatever the chunking."""
+"""The incremental SSE parser: WHATWG event-stream rules, whatever the chunking; and Gemini
+streams, read as google-genai reads them."""
 
 from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
+from google.genai import _api_client as genai_api_client
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from lakera_addon.sse_parser import GeminiChunks
 from lakera_addon.sse_parser import SSEEvent
 from lakera_addon.sse_parser import SSEParser
 
@@ -175,3 +179,68 @@ def test_random_bytes_never_raise(chunks: list[bytes]) -> None:
     parser.finish()
     assert parser.pending is False
     assert parser.bytes_seen == sum(len(c) for c in chunks)
+
+
+# --- Gemini streams, read as google-genai reads them ---------------------------------------
+
+
+def gemini_chunks(chunks: list[bytes]) -> list[str]:
+    reader = GeminiChunks()
+    out: list[str] = []
+    for chunk in chunks:
+        out.extend(reader.feed(chunk))
+    return out + reader.finish()
+
+
+def google_genai_chunks(chunks: list[bytes]) -> list[str]:
+    """What google-genai itself makes of the same bytes (its HttpResponse over httpx)."""
+    response = httpx.Response(200, content=iter(chunks))
+    reader = genai_api_client.HttpResponse(headers={}, response_stream=response)
+    return list(reader._iter_response_stream())
+
+
+GEMINI_RULES = [
+    ("data events", [b'data: {"a":1}\r\n\r\ndata: {"b":2}\r\n\r\n'], ['{"a":1}', '{"b":2}']),
+    ("a bare JSON line is a chunk", [b'data: {"a":1}\n\n{"b":2}\n\n'], ['{"a":1}', '{"b":2}']),
+    ("a last event needs no blank line", [b'data: {"a":1}\n\ndata: {"b":2}'],
+     ['{"a":1}', '{"b":2}']),
+    ("a last event ended by a lone CR", [b'data: {"a":1}\r'], ['{"a":1}']),
+    ("raw JSON over several lines, until its braces balance",
+     [b'{\n  "error": {\n    "code": 500, "message": "a } in a string"\n  }\n}\n'],
+     ['{  "error": {    "code": 500, "message": "a } in a string"  }}']),
+    ("an escaped quote in a raw string", [b'{"a": "x\\"}"}\n{"b": 1}\n'],
+     ['{"a": "x\\"}"}', '{"b": 1}']),
+    ("a raw line is a chunk at once, before the event it interrupts",
+     [b'data: {"a":\n{"b":2}\ndata: 1}\n\n'], ['{"b":2}', '{"a":\n1}']),
+    ("data: without its space is not data", [b'data:{"a":1}\n\n'], ['data:{"a":1}']),
+    ("event and comment lines are raw chunks",
+     [b'event: x\n: ping\ndata: {"a":1}\n\n'], ["event: x", ": ping", '{"a":1}']),
+    ("no BOM is stripped", [b'\xef\xbb\xbfdata: {"a":1}\n\n'], ['\ufeffdata: {"a":1}']),
+    ("unbalanced raw JSON is flushed at the end", [b'{"a": {\n'], ['{"a": {']),
+    ("a CRLF split across chunks", [b'data: {"a":1}\r', b'\n\r', b'\n'], ['{"a":1}']),
+    ("invalid UTF-8 replaced", [b'data: {"a":"\xff"}\n\n'], ['{"a":"\ufffd"}']),
+]
+
+
+@pytest.mark.parametrize(("chunks", "expected"), [r[1:] for r in GEMINI_RULES],
+                         ids=[r[0] for r in GEMINI_RULES])
+def test_gemini_chunks(chunks: list[bytes], expected: list[str]) -> None:
+    assert gemini_chunks(chunks) == expected
+    assert google_genai_chunks(chunks) == expected
+    body = b"".join(chunks)
+    assert gemini_chunks([body[i:i + 1] for i in range(len(body))]) == expected
+
+
+_GEMINI_FRAGMENTS = st.sampled_from([
+    b"data: ", b"data:", b"event: x", b": c", b"\n", b"\r", b"\r\n", b"{", b"}", b'"', b"\\",
+    b'"text"', b":", b"1", b" ", b"\xff", b"\xc3", b"[", b"]", b"a",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(_GEMINI_FRAGMENTS, max_size=40), data=st.data())
+def test_gemini_chunks_are_google_genais(parts: list[bytes], data: st.DataObject) -> None:
+    body = b"".join(parts)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=8)))
+    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    assert gemini_chunks(chunks) == google_genai_chunks([c for c in chunks if c])

@@ -325,3 +325,19 @@ def test_native_tools_mode_has_no_text(llm, stream) -> None:
 def test_native_truncate_cuts_the_connection(llm, path) -> None:
     with pytest.raises(httpx.RemoteProtocolError):
         post(llm, path, {"contents": [], "messages": []}, "truncate")
+
+
+def test_raw_answers_are_sent_byte_for_byte(llm) -> None:
+    body = b'data: {"a": 1}\n\n{"bare": "line"}'  # no blank line at the end
+    headers = {"x-standin-raw-b64": base64.b64encode(body).decode(),
+               "x-standin-raw-type": "text/event-stream", "x-standin-raw-encoding": "x-test",
+               "x-test-id": "raw-1"}
+    response = httpx.post(f"{llm.url}/v1/chat/completions", json={"model": "m"},
+                          headers=headers)
+    assert response.status_code == 200 and response.content == body
+    assert response.headers["content-type"] == "text/event-stream"
+    assert response.headers["content-encoding"] == "x-test"
+    assert llm.sent["raw-1"] == body
+    plain = httpx.post(f"{llm.url}/api/chat", json={"model": "m"}, headers={
+        "x-standin-raw-b64": base64.b64encode(b'{"x": 1}').decode()})
+    assert plain.json() == {"x": 1} and plain.headers["content-type"] == "application/json"

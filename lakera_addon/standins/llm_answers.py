@@ -29,6 +29,7 @@ class Mode:
     crlf: bool = False
     delay_ms: int = 0
     stall_ms: int = 0
+    ttfb_ms: int = 0
     repeat: int = 1
     gzip: bool = False
     br: bool = False
@@ -45,7 +46,7 @@ class Mode:
             key = name.replace("-", "_")
             if not key:
                 continue
-            if key in ("status", "delay_ms", "stall_ms", "repeat"):
+            if key in ("status", "delay_ms", "stall_ms", "ttfb_ms", "repeat"):
                 setattr(mode, key, int(value))
             elif hasattr(mode, key):
                 setattr(mode, key, True)

@@ -19,12 +19,20 @@ else as one JSON array of the chunks, written chunk by chunk) and Ollama (`/api/
     crlf             CRLF line ends in the stream
     delay-ms=<N>     wait N ms before each event
     stall-ms=<N>     wait N ms after the first event
+    ttfb-ms=<N>      wait N ms before answering at all (the model's time to first byte)
     repeat=<N>       the reply text N times over (long answers)
     gzip / br / zstd encode the body (streams: one compressed stream, flushed per event)
     badutf8          the reply's word BADUTF8 sent as the invalid UTF-8 bytes ff fe
     malformed        a stream event whose data is not JSON (Ollama: a line that is not JSON)
     error-event      a stream that ends with the protocol's error event (Gemini: an event with
                      its error envelope; Ollama: an `{"error": ...}` line)
+
+An exact answer, whatever the protocol (a hostile upstream's bytes, for the tests):
+
+  x-standin-raw-b64: <base64 of the whole body>   sent as it is, chunked, status 200
+  x-standin-raw-type: <content type>              (default application/json)
+  x-standin-raw-encoding: <content coding>        a Content-Encoding header for it (the body
+                                                  is sent as given: encode it yourself)
 
 It records every request in `received` as {method, path, headers, body} (body parsed as JSON
 when it is). A request body that is not JSON gets a 400, as a real provider answers.
@@ -33,6 +41,7 @@ It is not a model: it never reads the prompt.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import zlib
@@ -141,10 +150,16 @@ class LLMUpstreamStandin(BackgroundServer):
         if request.method != "POST" or protocol is None:
             out.send_json(404, {"error": {"message": "no such endpoint", "type": "not_found"}})
             return
+        raw = request.headers.get("x-standin-raw-b64")
+        if raw is not None:
+            self._raw(out, request, base64.b64decode(raw))
+            return
         if not isinstance(body, dict):
             out.send_json(400, _error_body(protocol, 400))
             return
         mode = Mode.parse(request.headers.get("x-standin-mode"))
+        if mode.ttfb_ms:  # the model's time to its first byte
+            time.sleep(mode.ttfb_ms / 1000)
         sent = bytearray()
         test_id = request.headers.get("x-test-id")
         if test_id:
@@ -192,6 +207,21 @@ class LLMUpstreamStandin(BackgroundServer):
         else:
             events = anthropic_stream(model, text, mode)
         self._stream(out, mode, sent, events)
+
+    def _raw(self, out: Writer, request: Request, body: bytes) -> None:
+        """The exact answer a test asked for (`x-standin-raw-b64`)."""
+        headers = {"content-type": request.headers.get("x-standin-raw-type")
+                   or "application/json"}
+        encoding = request.headers.get("x-standin-raw-encoding")
+        if encoding:
+            headers["content-encoding"] = encoding
+        test_id = request.headers.get("x-test-id")
+        if test_id:
+            self.sent[test_id] = bytearray(body)
+        out.start(200, headers)
+        if body:
+            out.chunk(body)
+        out.end()
 
     @staticmethod
     def _send(out: Writer, mode: Mode, sent: bytearray, document: Any) -> None:

@@ -123,19 +123,26 @@ def conversation(c_id: str, old: str, new: str) -> list[dict[str, str]]:
     return turns
 
 
-def test_long_conversation_sends_system_and_recent_turns(clients: Clients, proxy: Proxy,
-                                                         lakera, llm) -> None:
+def test_long_conversation_sends_system_and_recent_turns_then_the_rest(
+        clients: Clients, proxy: Proxy, lakera, llm) -> None:
+    """A conversation larger than one call: the system prompt and the most recent turns in one
+    call, the older turns in calls of their own: a client can write any history, and a flag in
+    an old turn still blocks (issue 13)."""
     c = clients.make("budget")
     messages = conversation(c.id, ATTACK_TRIGGER, "")
     answer = c.openai.chat.completions.create(model="m", messages=messages)
-    assert answer.choices[0].message.content == UPSTREAM_TEXT  # the old turn was not resent
-    sent = lakera_bodies(lakera, c.id)[0]["messages"]
+    assert answer.choices[0].message.content == DENY and not llm_saw(llm, c.id)
+    bodies = lakera_bodies(lakera, c.id)
+    sent = bodies[0]["messages"]
     assert sent[0] == messages[0] and sent[-1] == messages[-1]
     assert sum(len(m["content"].encode()) for m in sent) <= 4096
     assert [m["content"] for m in sent[1:]] == [m["content"] for m in messages[-len(sent) + 1:]]
+    older = [m for b in lakera.received if b is not bodies[0] for m in b["messages"]
+             if m["content"] in {x["content"] for x in messages[1:-len(sent) + 1]}]
+    assert len(older) == len(messages) - len(sent)  # every older turn screened too
     record = proxy.wait_for_record(c.id, lambda r: r["hook"] == "response")
     assert record["lakera"]["request"]["coverage"].startswith(
-        f"{len(messages) - len(sent)} older of {len(messages)} messages left out")
+        f"{len(messages) - len(sent)} older of {len(messages)} messages screened in ")
     assert proxy.wait_for_logged("request screened in part [POST 127.0.0.1/budget/")
 
 

@@ -244,12 +244,12 @@ def test_a_set_of_tools_is_screened_once(clients: Clients, lakera) -> None:
     assert len(screened) == 1 and screened[0]["messages"][0]["role"] == "tool"
 
 
-# --- progressive streams and sizes ----------------------------------------------------------
+# --- live streams and sizes ----------------------------------------------------------
 
 
-def test_a_progressive_stream_past_max_body_bytes_is_cut_when_failures_deny(
+def test_a_live_stream_past_max_body_bytes_is_cut_when_failures_deny(
         clients: Clients, proxy: Proxy) -> None:
-    c = clients.make("progressive-small")
+    c = clients.make("live-small")
     got = stream_answer(c, "chat", f"{c.id} " + "word " * 3000 + "TAIL-AFTER-LIMIT", mode="")
     assert got.ending == "content_filter" and "TAIL-AFTER-LIMIT" not in got.text
     record = proxy.wait_for_record(c.id, lambda r: ((r["lakera"] or {}).get("response") or {})
@@ -259,9 +259,9 @@ def test_a_progressive_stream_past_max_body_bytes_is_cut_when_failures_deny(
     assert "max_body_bytes" in response["failure"]
 
 
-def test_a_progressive_stream_past_max_body_bytes_is_a_failure_when_failures_pass(
+def test_a_live_stream_past_max_body_bytes_is_a_failure_when_failures_pass(
         clients: Clients, proxy: Proxy) -> None:
-    c = clients.make("progressive-small-open")
+    c = clients.make("live-small-open")
     got = stream_answer(c, "chat", f"{c.id} " + "word " * 3000 + "TAIL-AFTER-LIMIT", mode="")
     assert got.text.endswith("TAIL-AFTER-LIMIT")  # forwarded, as fail_open allows
     record = proxy.wait_for_record(c.id, lambda r: ((r["lakera"] or {}).get("response") or {})
@@ -275,7 +275,7 @@ def test_a_failed_window_is_a_failure_and_screened_again(clients: Clients, proxy
                                                          lakera) -> None:
     """fail_open: a window whose scan fails is not clean: it is on record as a failure, and a
     later scan covers its text again, so the flag in it is still found and cuts the stream."""
-    c = clients.make("progressive-open")
+    c = clients.make("live-open")
     first_window = f"{c.id} lakera-fail-once-{c.id} {ATTACK_TRIGGER} " + "w " * 100
     got = stream_answer(c, "chat", first_window + "x " * 400)
     assert got.ending == "content_filter" and RESPONSE_DENY in got.text

@@ -147,7 +147,7 @@ def test_pii_everywhere_in_the_body_is_masked(clients: Clients, proxy: Proxy, ll
         {"role": "user", "content": f"now write to {EMAIL} again " + "y " * 700},
     ]
     c.openai.chat.completions.create(model="m", messages=messages)
-    assert proxy.wait_for_log("route=mask-budget]: 1 older of 5 messages left out")
+    assert proxy.wait_for_log("route=mask-budget]: 1 older of 5 messages screened in")
     body = json.dumps(llm_saw(llm, c.id)[0]["body"])
     assert EMAIL not in body and old_only not in body
     assert body.count("[EMAIL]") == 4

@@ -403,13 +403,13 @@ def words(n: int, tag: str) -> str:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_progressive_stream_is_cut_in_the_protocols_shape(proxy: Proxy, llm, kind) -> None:
-    """`stream_mode: progressive`: the stream is live and a flagged window ends it with the
+def test_live_stream_is_cut_in_the_protocols_shape(proxy: Proxy, llm, kind) -> None:
+    """`stream_mode: live`: the stream is live and a flagged window ends it with the
     protocol's own ending (Gemini: a chunk with `finishReason: SAFETY`; Ollama: the `done` line
     with `done_reason: content_filter`), which the SDK reads as an ordinary end."""
     test_id = new_id()
     reply = f"{test_id} " + words(60, "before") + ATTACK_TRIGGER + " " + words(400, "after") + TAIL
-    text, ending, _, _ = stream_live(proxy, kind, "progressive", test_id, reply, "delay-ms=5")
+    text, ending, _, _ = stream_live(proxy, kind, "live", test_id, reply, "delay-ms=5")
     assert ending == CUT_ENDING[kind]
     assert text.endswith("\n\n" + RESPONSE_DENY) and TAIL not in text
     leaked = text[: -len(RESPONSE_DENY) - 2]
@@ -418,15 +418,15 @@ def test_progressive_stream_is_cut_in_the_protocols_shape(proxy: Proxy, llm, kin
     assert TAIL.encode() in bytes(llm.sent[test_id])  # the upstream did send it all
     record = verdict(proxy, test_id, "response", "flagged")
     assert record["lakera"]["response"]["action"] == "blocked"
-    assert "progressive stream cut" in record["lakera"]["response"]["coverage"]
+    assert "live stream cut" in record["lakera"]["response"]["coverage"]
     assert record["marked"] == ":no_entry:"
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_progressive_clean_stream_is_live_and_whole(proxy: Proxy, lakera, kind) -> None:
+def test_live_clean_stream_is_live_and_whole(proxy: Proxy, lakera, kind) -> None:
     test_id = new_id()
     reply = f"{test_id} " + words(80, "w") + TAIL
-    text, ending, first, ended = stream_live(proxy, kind, "progressive", test_id, reply,
+    text, ending, first, ended = stream_live(proxy, kind, "live", test_id, reply,
                                              "delay-ms=20")  # ~1.6 s of streaming
     assert text == reply and ending == NORMAL_ENDING[kind]
     assert first is not None and first < ended / 3, "the first text came long before the end"

@@ -1,12 +1,13 @@
-"""`stream_mode: progressive` in figures: what a flagged stream leaks, and time to first token.
+"""`stream_mode: live` (formerly progressive) in figures: what a flagged stream leaks, and
+time to first token.
 
 - Leak: a streamed answer with a flagged phrase in the middle, at a given pace (the stand-in's
   delay between word-sized events) and Lakera delay; what reached the client of the text from
   the flagged phrase's first character on, before the protocol's ending (the client stops
   reading at the ending, as the SDKs do).
 - First token: a clean paced stream at c=1 through plain mitmdump (streaming), pass-through,
-  progressive and held; time to first body byte and to the last.
-Run by `python -m bench` (axis `progressive`); figures in docs/progressive-streams.md.
+  live, windowed and held; time to first body byte and to the last.
+Run by `python -m bench` (axis `live`); figures in docs/stream-modes.md.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from lakera_addon.protocols import Protocol
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 
 DENY = "Response blocked by Lakera Guard"
-# name: (path, protocol) of every protocol a progressive stream can be cut in
+# name: (path, protocol) of every protocol a live stream can be cut in
 PROTOCOLS: dict[str, tuple[str, Protocol]] = {
     name: (shapes.path(name, True), protocol) for name, protocol in shapes.PROTOCOLS.items()}
 # what the cut's ending carries after the deny text, per protocol
@@ -71,7 +72,7 @@ def stream_once(port: int, name: str, reply: str, pace_ms: int,
 def leak_rows(ports: Standins, workdir: Path, paces: tuple[int, ...],
               repeats: int) -> list[list[str]]:
     rows = []
-    with proxy("progressive", ports, workdir) as (_, port):
+    with proxy("live", ports, workdir) as (_, port):
         for name, (_, protocol) in PROTOCOLS.items():
             for pace in paces:
                 leaks: list[int] = []
@@ -88,7 +89,7 @@ def leak_rows(ports: Standins, workdir: Path, paces: tuple[int, ...],
                 rows.append([name, f"{ports.delay_ms:g} ms", f"{pace} ms (~{rate:.0f} ch/s)",
                              f"{statistics.median(leaks):.0f}", f"{max(leaks)}",
                              f"{max(leaks) / 8:.0f}", f"{len(leaks)}"])
-                log(f"progressive leak {name} Lakera {ports.delay_ms:g} ms pace {pace} ms: "
+                log(f"live leak {name} Lakera {ports.delay_ms:g} ms pace {pace} ms: "
                     f"median {statistics.median(leaks):.0f}, max {max(leaks)} characters")
     return rows
 
@@ -96,7 +97,7 @@ def leak_rows(ports: Standins, workdir: Path, paces: tuple[int, ...],
 def first_token_rows(ports: Standins, workdir: Path, repeats: int) -> list[list[str]]:
     reply = words(100, "w")  # 100 events, 20 ms apart: ~2 s of streaming
     rows = []
-    for variant in ("plain-stream", "pass-through", "progressive", "held"):
+    for variant in ("plain-stream", "pass-through", "live", "windowed", "held"):
         with proxy(variant, ports, workdir) as (_, port):
             for name in PROTOCOLS:
                 firsts, lasts = [], []
@@ -122,11 +123,11 @@ def sections(workdir: Path, quick: bool) -> list[tuple[str, str]]:
             if delay == 300.0:
                 ttfb = first_token_rows(ports, workdir, 1 if quick else 3)
     return [
-        ("Progressive streams: text leaked per flagged stream (window_chars 1000; characters "
+        ("Live streams: text leaked per flagged stream (window_chars 1000; characters "
          "from the flagged phrase's first one on that reached the client before the ending)",
          table(["protocol", "Lakera delay", "pace (8-character words)", "median",
                 "max", "max ~words", "streams"], leak)),
-        ("Progressive streams: time to first byte / last byte, ms (100 events 20 ms apart, "
+        ("Live streams: time to first byte / last byte, ms (100 events 20 ms apart, "
          f"Lakera 300 ms, c=1, median of {1 if quick else 3})",
          table(["protocol", "scenario", "first byte", "last byte"], ttfb)),
     ]

@@ -1,4 +1,4 @@
-"""The stream function of a progressive stream (`stream_mode: progressive`).
+"""The stream function of a live stream (`stream_mode: live`, formerly `progressive`).
 
 The answer stays live: every complete SSE event (NDJSON line, for Ollama) is forwarded as soon
 as it arrives, and the text assembled from them is screened in the background each time it has
@@ -11,18 +11,21 @@ with b"" at the end (mitmproxy-addon-notes 1.1-1.3), and nothing calls it in bet
 takes effect when the next chunk arrives (or at the end). What the client can receive of a
 flagged text is therefore bounded by what streams between the end of the last clean window and
 the moment the flag arrives: at most `window_chars` of text not yet in a scan, plus the text
-that streams during one Lakera round trip (docs/progressive-streams.md has the measured figures).
+that streams during one Lakera round trip (docs/stream-modes.md has the measured figures).
 
 Only whole events are forwarded, so that the ending never lands inside an event: the bytes after
-the last event boundary of a chunk wait for the next chunk. Held back data is returned as `[]`,
-never as b"" (b"" is the chunked terminator to an HTTP/1.1 client). Never raises: an error makes
-the tap forward everything unchanged from then on (a failure, decided by `fail_open` at the end).
+the last event boundary of a chunk wait for the next chunk. (A Gemini stream's boundaries are
+where google-genai ends a chunk: also after a bare JSON line, which needs no blank line; text
+that waited for a boundary to the end of the stream would otherwise go out unscreened.) Held
+back data is returned as `[]`, never as b"" (b"" is the chunked terminator to an HTTP/1.1
+client). Never raises: if the tap cannot go on reading (past `max_body_bytes`, bytes it cannot
+read), it sends the protocol's ending in place of the rest where failures deny (`fail_open:
+false`), or forwards the rest unread where they pass, recorded as a failure at the end.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Final
+from collections.abc import Callable
 
 from lakera_addon import protocols
 from lakera_addon.assembly import UNFINISHED
@@ -32,26 +35,14 @@ from lakera_addon.assembly import incomplete
 from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
 from lakera_addon.protocols import Protocol
+from lakera_addon.stream_framing import GeminiBoundary
+from lakera_addon.stream_framing import last_event_end
+from lakera_addon.stream_framing import last_line_end
 
-# the end of an SSE event: a line ending followed by an empty line (LF, CRLF or CR endings)
-_EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r|\n\r\n|\r\n\n")
 _Out = bytes | list[bytes]
 
 
-def last_event_end(data: bytes | bytearray) -> int:
-    """The offset just after the last complete SSE event in `data`; 0 if none is complete."""
-    end = 0
-    for match in _EVENT_END.finditer(data):
-        end = match.end()
-    return end
-
-
-def last_line_end(data: bytes | bytearray) -> int:
-    """The offset just after the last complete NDJSON line in `data`; 0 if none is complete."""
-    return data.rfind(b"\n") + 1
-
-
-class ProgressiveTap:
+class LiveTap:
     """Forwards whole events at once, tells when a scan is due every `window_chars`, cuts on
     request.
 
@@ -72,12 +63,15 @@ class ProgressiveTap:
         it cannot read); None forwards the rest unread (`fail_open: true`)."""
         self._assembler = StreamAssembler(protocol, candidates)
         self._failure_ending = failure_ending
-        self._boundary = last_line_end if protocol in protocols.NDJSON else last_event_end
+        self._boundary: Callable[[bytes | bytearray], int] = (
+            last_line_end if protocol in protocols.NDJSON
+            else GeminiBoundary() if protocol == protocols.GEMINI_GENERATE else last_event_end)
         self._max_bytes = max_bytes
         self._window = window_chars
         self._seen = 0
         self._pending = bytearray()  # after the last complete event: waits for the next chunk
         self._ending: bytes | None = None
+        self._drop_after_end = False
         self._failure: tuple[FailureKind, str] | None = None
         self.ended = False
         self.cut_sent = False  # the ending went out; nothing more is forwarded
@@ -111,6 +105,8 @@ class ProgressiveTap:
             return self._end()
         if self.cut_sent:
             return []  # the client's stream has ended: drop the rest of the upstream's
+        if self._drop_after_end:  # a flag after the stream's own end: what follows is dropped
+            self._ending = b""
         if self._ending is not None:
             return self._send_ending()
         if self._failure is not None:
@@ -146,7 +142,7 @@ class ProgressiveTap:
         self.cut_sent = True
         self.sent_chars = self._assembler.chars
         self._pending = bytearray()
-        return self._ending
+        return self._ending or []  # (no ending after the stream's own: [] is "nothing")
 
     # --- windows and verdicts ----------------------------------------------------------------
 
@@ -183,10 +179,15 @@ class ProgressiveTap:
         """A flag: the next call of the stream function sends `ending` instead of the chunk.
         Ignored once the stream has ended, or once its own ending has gone out (a verdict that
         arrives between the upstream's last event and the end of its body): the client has the
-        whole answer, and an ending after it would be a second one."""
+        whole answer, and an ending after it would be a second one; whatever the upstream
+        sends after its end is dropped then (the client's stream ends as the upstream's did)."""
         self.in_flight = False
-        if not self.cut_sent and not self.ended and not self._assembler.terminated:
-            self._ending = ending
+        if self.cut_sent or self.ended:
+            return
+        if self._assembler.terminated:  # no second ending; but text the upstream sends after
+            self._drop_after_end = True  # its own end (which SDKs read on past) is dropped
+            return
+        self._ending = ending
 
     @property
     def cutting(self) -> bool:
@@ -201,7 +202,14 @@ class ProgressiveTap:
 
     @property
     def text(self) -> str:
+        """All the text read so far: what is screened."""
         return self._assembler.text if self._failure is None else ""
+
+    @property
+    def answer_text(self) -> str:
+        """The visible answer read so far (no reasoning, no snapshots): the text a cut ending
+        repeats as what the client has."""
+        return self._assembler.answer_text if self._failure is None else ""
 
     @property
     def last_text_event(self) -> dict[str, object] | None:

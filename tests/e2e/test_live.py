@@ -1,4 +1,4 @@
-"""`stream_mode: progressive` end to end: the answer streams live through a real mitmdump and
+"""`stream_mode: live` end to end: the answer streams live through a real mitmdump and
 is screened every `window_chars` (200 on these routes); a flag ends the stream in the protocol's
 own shape, which the official SDKs parse as an ordinary end of stream."""
 
@@ -39,7 +39,7 @@ def response_record(proxy: Proxy, test_id: str) -> dict[str, Any]:
 def test_clean_answer_streams_whole_and_is_screened_in_windows(
     clients: Clients, proxy: Proxy, lakera: Any, protocol: str
 ) -> None:
-    c = clients.make("progressive")
+    c = clients.make("live")
     reply = f"{c.id} " + words(150, "clean") + TAIL  # ~1,300 characters
     got = stream_answer(c, protocol, reply)
     assert got.text == reply
@@ -58,7 +58,7 @@ def test_clean_answer_streams_whole_and_is_screened_in_windows(
 def test_flag_mid_stream_ends_it_in_the_protocols_shape(
     clients: Clients, proxy: Proxy, protocol: str, trigger: str
 ) -> None:
-    c = clients.make("progressive")
+    c = clients.make("live")
     reply = f"{c.id} " + words(60, "before") + trigger + " " + words(400, "after") + TAIL
     got = stream_answer(c, protocol, reply)
     assert got.ending == CUT_ENDING[protocol]
@@ -74,7 +74,7 @@ def test_flag_mid_stream_ends_it_in_the_protocols_shape(
     record = response_record(proxy, c.id)
     response = record["lakera"]["response"]
     assert response["verdict"] == "flagged" and response["action"] == "blocked"
-    assert "progressive stream cut" in response["coverage"]
+    assert "live stream cut" in response["coverage"]
     assert record["marked"] == ":no_entry:"
 
 
@@ -82,14 +82,14 @@ def test_flag_mid_stream_ends_it_in_the_protocols_shape(
 def test_first_token_arrives_long_before_the_end(
     clients: Clients, protocol: str
 ) -> None:
-    c = clients.make("progressive")
+    c = clients.make("live")
     reply = f"{c.id} " + words(80, "w")
     got = stream_answer(c, protocol, reply, mode="delay-ms=20")  # ~1.6 s of streaming
     assert got.text == reply
     assert got.first_text_at is not None and got.first_text_at < got.ended_at / 3
 
 
-@pytest.mark.parametrize(("route", "cut"), [("progressive", True), ("progressive-open", False)])
+@pytest.mark.parametrize(("route", "cut"), [("live", True), ("live-open", False)])
 def test_lakera_failure_mid_stream_follows_fail_open(
     clients: Clients, proxy: Proxy, route: str, cut: bool
 ) -> None:
@@ -110,7 +110,7 @@ def test_lakera_failure_mid_stream_follows_fail_open(
 def test_flag_in_the_last_window_is_recorded_after_the_end(
     clients: Clients, proxy: Proxy, protocol: str
 ) -> None:
-    c = clients.make("progressive")
+    c = clients.make("live")
     reply = f"{c.id} tiny answer {ATTACK_TRIGGER}"  # shorter than one window
     got = stream_answer(c, protocol, reply)
     assert got.text == reply, "nothing could be cut: the stream ended before a window"
@@ -122,7 +122,7 @@ def test_flag_in_the_last_window_is_recorded_after_the_end(
 
 
 def test_mask_route_holds_streams_instead(clients: Clients, lakera: Any) -> None:
-    c = clients.make("progressive-mask")
+    c = clients.make("live-mask")
     reply = f"{c.id} " + words(60, "w") + " mail me at someone@example.com " + words(60, "x")
     got = stream_answer(c, "chat", reply)
     assert "someone@example.com" not in got.text and "[" in got.text
@@ -130,7 +130,7 @@ def test_mask_route_holds_streams_instead(clients: Clients, lakera: Any) -> None
 
 
 def test_json_answers_are_held_and_blocked_as_before(clients: Clients) -> None:
-    c = clients.make("progressive")
+    c = clients.make("live")
     answer = c.openai.chat.completions.create(
         model="gpt-test", messages=[{"role": "user", "content": f"hello {c.id}"}],
         extra_headers={"x-standin-reply": f"{c.id} {ATTACK_TRIGGER}"})

@@ -1,0 +1,268 @@
+"""`stream_mode: windowed`: a streamed answer released window by window, only what a clean
+verdict covered (SPEC section 5, stream modes).
+
+The relay (relay.py) reads the upstream's answer and hands its body here; this writes to the
+client only whole events (SSE) or lines (NDJSON) whose text lies inside the text already screened
+clean. Each scan covers all the text so far (within `max_screen_bytes`, screen_budget.
+window_parts), so a phrase split across two windows is judged whole. A scan starts as soon as
+none is in flight and `window_chars` of new text is waiting; the first as soon as there is any
+text, so the first words do not wait for a whole window. When the upstream ends, a last scan
+covers the rest (at once, beside a scan still in flight) and only then go the rest and the
+upstream's own ending out. A flag, or a failure on a route with `fail_open: false`, ends the
+client's stream with the protocol's own cut ending (deny.cut_ending) and closes the upstream.
+
+Unlike a mitmproxy stream function, this runs as a coroutine: it can wait for a verdict before
+the end of the stream, which is what lets the upstream's ending wait for the last scan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mitmproxy import http
+
+from lakera_addon import protocols
+from lakera_addon import reporting
+from lakera_addon import screen_budget
+from lakera_addon.assembly import StreamAssembler
+from lakera_addon.content_decoding import make_decoder
+from lakera_addon.decision import Decision
+from lakera_addon.decision import decide
+from lakera_addon.decision import decide_failure
+from lakera_addon.decision import deny_text
+from lakera_addon.deny import CUT_NEEDS_START
+from lakera_addon.deny import cut_ending
+from lakera_addon.deny import last_resort_cut
+from lakera_addon.failures import Failure
+from lakera_addon.failures import FailureKind
+from lakera_addon.flow_state import FlowState
+from lakera_addon.stream_framing import GeminiBoundary
+from lakera_addon.stream_framing import last_event_end
+from lakera_addon.stream_framing import last_line_end
+from lakera_addon.stream_framing import split_events
+from lakera_addon.verdict import Verdict
+from lakera_addon.verdicts import Verdicts
+
+logger = logging.getLogger("lakera_addon")
+
+Write = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Scan:
+    upto: int  # the text length it covers
+    task: asyncio.Task[Verdict]
+
+
+class WindowedRelease:
+    """One windowed answer: feed it the upstream's body, it writes what is released."""
+
+    def __init__(self, flow: http.HTTPFlow, state: FlowState, verdicts: Verdicts,
+                 content_encoding: str | None) -> None:
+        self.flow = flow
+        self.state = state
+        self.verdicts = verdicts
+        self._decode = make_decoder(content_encoding)  # ValueError: not a coding it reads
+        self._assembler = StreamAssembler(state.protocol, state.candidates)
+        self._boundary: Callable[[bytes | bytearray], int] = (
+            last_line_end if state.protocol in protocols.NDJSON
+            else GeminiBoundary() if state.protocol == protocols.GEMINI_GENERATE
+            else last_event_end)
+        self._pending = bytearray()  # decoded, after the last whole event
+        self._held: deque[tuple[bytes, int]] = deque()  # (event, text length after it)
+        self._seen = 0
+        self.clean = 0  # the text length covered by clean verdicts
+        self.released = 0  # the text length the client has
+        self.scans = 0
+        self._sent_any = False
+        self.failed_scans: list[Failure] = []
+        self.last: Verdict | None = None
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _take(self, data: bytes) -> Failure | None:
+        """Add a chunk of the upstream's body; a failure if the stream cannot be read."""
+        self._seen += len(data)
+        if self._seen > self.state.settings.max_body_bytes:
+            return Failure(FailureKind.TOO_LARGE, f"stream larger than max_body_bytes "
+                           f"({self.state.settings.max_body_bytes} bytes)")
+        try:
+            self._pending += self._decode(data) if self._decode else data
+            end = self._boundary(self._pending)
+            if end:
+                events = bytes(self._pending[:end])
+                del self._pending[:end]
+                self._feed(events)
+        except Exception as e:
+            return Failure(FailureKind.STREAM_UNREADABLE,
+                           f"cannot read the stream: {type(e).__name__}")
+        return None
+
+    def _feed(self, events: bytes) -> None:
+        """Feed whole events one by one, so that each is released with the text it carries."""
+        for event in split_events(events, self.state.protocol in protocols.NDJSON):
+            self._assembler.feed(event)
+            self._held.append((event, self._assembler.chars))
+
+    def _finish_reading(self) -> None:
+        """The upstream ended: what is left after the last whole event is one more event."""
+        if self._pending:
+            rest, self._pending = bytes(self._pending), bytearray()
+            self._assembler.feed(rest)
+            self._held.append((rest, self._assembler.chars))
+        self._assembler.finish()
+
+    # --- releasing ---------------------------------------------------------------------------
+
+    async def _release(self, write: Write, upto: int) -> None:
+        out = bytearray()
+        while self._held and self._held[0][1] <= upto:
+            event, chars = self._held.popleft()
+            out += event
+            self.released = chars
+        if out:
+            self._sent_any = True
+            await write(bytes(out))
+
+    def _scan(self, upto: int) -> _Scan:
+        settings = self.state.settings
+        text = self._assembler.text
+        parts = screen_budget.window_parts(text, self.clean, settings.max_screen_bytes)
+        self.scans += 1
+        task = asyncio.ensure_future(self.verdicts.lakera.screen_parts(
+            settings, [[{"role": "assistant", "content": p}] for p in parts]))
+        return _Scan(upto, task)
+
+    def _ending(self, verdict: Verdict | None) -> bytes:
+        state = self.state
+        try:
+            return cut_ending(state.protocol, deny_text("response", verdict, state.settings),
+                              self._assembler.last_text_event, state.model,
+                              sent_text=self._assembler.answer_text[:self.released])
+        except Exception:
+            logger.exception("lakera_addon could not build a cut ending; sending the last resort")
+            return last_resort_cut(state.protocol)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def run(self, body: AsyncIterator[bytes], write: Write) -> Decision:
+        """Read the upstream's body to its end and release it; the decision taken (the caller
+        records it)."""
+        settings = self.state.settings
+        scans: list[_Scan] = []  # at most a window scan and the last one
+        reading: asyncio.Task[bytes] | None = asyncio.ensure_future(_next(body))
+        requested = 0  # the text length the newest scan covers
+        try:
+            while True:
+                waiting: set[asyncio.Task[Verdict] | asyncio.Task[bytes]] = {
+                    s.task for s in scans}
+                if reading is not None:
+                    waiting.add(reading)
+                if waiting:
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if reading is not None and reading.done():
+                    chunk = reading.result()
+                    if chunk:
+                        failure = self._take(chunk)
+                        if failure is not None:
+                            return await self._failed(failure, write, body)
+                        await self._release(write, self.clean)  # events with no new text
+                        reading = asyncio.ensure_future(_next(body))
+                    else:
+                        reading = None
+                        self._finish_reading()
+                for scan in [s for s in scans if s.task.done()]:
+                    scans.remove(scan)
+                    decision = await self._verdict(scan, write)
+                    if decision is not None:
+                        return await self._cut(decision, write)
+                chars = self._assembler.chars
+                if reading is not None:  # a window: the first text at once, then every window
+                    if not scans and chars > requested and (
+                            requested == 0 or chars - requested >= settings.window_chars):
+                        requested = chars
+                        scans.append(self._scan(chars))
+                elif chars > requested:  # the end: the rest now, beside a scan in flight
+                    requested = chars
+                    scans.append(self._scan(chars))
+                elif not scans:  # the end, all of it decided: the rest and the ending go out
+                    await self._release(write, 1 << 62)
+                    if self.last is None:
+                        return Decision("unscanned", False, "no assistant text")
+                    return decide(self.last, settings)
+        finally:
+            if reading is not None:
+                reading.cancel()
+            for scan in scans:
+                scan.task.cancel()
+
+    async def _verdict(self, scan: _Scan, write: Write) -> Decision | None:
+        """Apply a finished scan: release what it covers if clean; the decision if it ends the
+        stream."""
+        verdict = scan.task.result()
+        settings = self.state.settings
+        decision = decide(verdict, settings)
+        self.last = verdict
+        if decision.deny:
+            return decision
+        if verdict.failure is not None:  # the route lets failures through: not clean, but on
+            self.failed_scans.append(verdict.failure)  # record; a later scan covers it again
+            self.verdicts.count_failure(verdict.failure)
+            return None
+        self.clean = max(self.clean, scan.upto)  # (flagged by a detector that only alerts too)
+        await self._release(write, self.clean)
+        return None
+
+    async def _cut(self, decision: Decision, write: Write) -> Decision:
+        """End the client's stream: the protocol's cut ending, or, when nothing has gone out
+        yet in a protocol whose ending needs its start (Anthropic's message_start, Responses'
+        response.created), the whole streamed deny."""
+        if self._sent_any or self.state.protocol not in CUT_NEEDS_START:
+            ending = self._ending(self.last)
+        else:
+            ending = self.verdicts.deny_response(self.state, "response", True, self.last).body
+        with contextlib.suppress(Exception):
+            await write(ending)
+        return decision
+
+    async def _failed(self, failure: Failure, write: Write, body: AsyncIterator[bytes]
+                      ) -> Decision:
+        """The stream cannot be read (too large, undecodable): cut (fail closed), or released
+        as it comes, unread (fail open)."""
+        decision = decide_failure(failure, self.state.settings)
+        if decision.deny:
+            return await self._cut(decision, write)
+        await self._release(write, 1 << 62)
+        if self._pending:
+            await write(bytes(self._pending))
+        async for chunk in body:
+            await write(chunk)
+        return decision
+
+    def coverage(self) -> str:
+        note = (f"windowed: {self.scans} scan(s); the client received {self.released} of "
+                f"{self._assembler.chars} characters")
+        if self.failed_scans:
+            note += (f"; {len(self.failed_scans)} scan(s) failed "
+                     f"({self.failed_scans[-1].reason}) and were covered again")
+        return note
+
+    def record(self, decision: Decision) -> None:
+        reporting.coverage(self.flow, self.state.route, "response", self.coverage())
+        self.verdicts.record(self.flow, self.state.route, "response", decision, self.last)
+        self.verdicts.notify(self.flow)
+
+
+async def _next(body: AsyncIterator[bytes]) -> bytes:
+    """The next chunk of the body; b"" at its end."""
+    try:
+        return await anext(body)
+    except StopAsyncIteration:
+        return b""
