@@ -11,7 +11,10 @@ from typing import Any
 
 import anthropic
 import httpx
+import ollama
 import openai
+from google import genai
+from google.genai import types as genai_types
 
 from tests.harness import Proxy
 
@@ -172,3 +175,93 @@ def stream_answer(c: Client, protocol: str, reply: str, mode: str = "delay-ms=5"
             got.ending = events.get_final_message().stop_reason
     got.ended_at = time.perf_counter() - started
     return got
+
+
+# --- the native SDKs: google-genai and ollama -------------------------------------------------
+
+MODEL = "gemini-e2e"
+
+
+def native_headers(test_id: str, reply: str | None = None, mode: str = "") -> dict[str, str]:
+    headers = {"x-test-id": test_id}
+    if reply is not None:
+        headers["x-standin-reply-b64"] = base64.b64encode(reply.encode()).decode()
+    if mode:
+        headers["x-standin-mode"] = mode
+    return headers
+
+
+def gemini_client(proxy: Proxy, route: str, headers: dict[str, str]) -> genai.Client:
+    """google-genai at the route's prefix: `base_url` keeps its path (the SDK appends
+    `v1beta/models/...`); no retries; no environment proxy (httpx's trust_env)."""
+    return genai.Client(api_key="gemini-provider-key", http_options=genai_types.HttpOptions(
+        base_url=proxy.url(route), api_version="v1beta", headers=headers, timeout=30_000,
+        client_args={"trust_env": False},
+        retry_options=genai_types.HttpRetryOptions(attempts=1)))
+
+
+def ollama_client(proxy: Proxy, route: str, headers: dict[str, str]) -> ollama.Client:
+    # extra keyword arguments go to httpx.Client; the ollama client never retries
+    return ollama.Client(host=proxy.url(route), headers=headers, timeout=30, trust_env=False)
+
+
+def ask_native(proxy: Proxy, kind: str, route: str, test_id: str, prompt: str, stream: bool,
+        reply: str | None = None, mode: str = "") -> str:
+    """The answer text the SDK hands to its caller for a one-turn prompt."""
+    headers = native_headers(test_id, reply, mode)
+    if kind == "gemini":
+        with gemini_client(proxy, route, headers) as gemini:
+            config = genai_types.GenerateContentConfig(system_instruction=f"Be brief. {test_id}")
+            if stream:
+                return "".join(chunk.text or "" for chunk in gemini.models.generate_content_stream(
+                    model=MODEL, contents=prompt, config=config))
+            answer = gemini.models.generate_content(model=MODEL, contents=prompt, config=config)
+            return answer.text or ""
+    with ollama_client(proxy, route, headers) as client:
+        if kind == "ollama-chat":
+            messages = [{"role": "system", "content": f"Be brief. {test_id}"},
+                        {"role": "user", "content": prompt}]
+            if stream:
+                return "".join(part.message.content or "" for part in client.chat(
+                    model="llama-e2e", messages=messages, stream=True))
+            return client.chat(model="llama-e2e", messages=messages).message.content or ""
+        if stream:
+            return "".join(part.response or "" for part in client.generate(
+                model="llama-e2e", prompt=prompt, system=f"Be brief. {test_id}", stream=True))
+        return client.generate(model="llama-e2e", prompt=prompt,
+                               system=f"Be brief. {test_id}").response or ""
+
+
+def stream_native(proxy: Proxy, kind: str, route: str, test_id: str, reply: str,
+                mode: str) -> tuple[str, str | None, float | None, float]:
+    """Stream an answer through the SDK: (the text its caller got, the stream's ending
+    (Gemini's finish reason, Ollama's done_reason), seconds to the first text, to the end)."""
+    headers = native_headers(test_id, reply, mode)
+    text, ending, first = "", None, None
+    started = time.perf_counter()
+
+    def add(piece: str | None) -> None:
+        nonlocal text, first
+        if piece:
+            first = first if first is not None else time.perf_counter() - started
+            text += piece
+
+    if kind == "gemini":
+        with gemini_client(proxy, route, headers) as gemini:
+            for chunk in gemini.models.generate_content_stream(model=MODEL,
+                                                                contents=f"hi {test_id}"):
+                add(chunk.text)
+                for candidate in chunk.candidates or []:
+                    if candidate.finish_reason is not None:
+                        ending = candidate.finish_reason.value
+    else:
+        with ollama_client(proxy, route, headers) as client:
+            parts: Any = (client.chat(model="llama-e2e", stream=True,
+                                      messages=[{"role": "user", "content": f"hi {test_id}"}])
+                          if kind == "ollama-chat" else
+                          client.generate(model="llama-e2e", prompt=f"hi {test_id}", stream=True))
+            for part in parts:
+                add(part.message.content if kind == "ollama-chat" else part.response)
+                if part.done:
+                    ending = part.done_reason
+    return text, ending, first, time.perf_counter() - started

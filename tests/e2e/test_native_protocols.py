@@ -9,28 +9,30 @@ mitmweb saw."""
 
 from __future__ import annotations
 
-import base64
 import json
-import time
 import uuid
 from typing import Any
 
 import httpx
 import ollama
 import pytest
-from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
+from tests.e2e.clients import MODEL
+from tests.e2e.clients import ask_native
+from tests.e2e.clients import gemini_client
 from tests.e2e.clients import lakera_bodies
 from tests.e2e.clients import llm_saw
+from tests.e2e.clients import native_headers
+from tests.e2e.clients import ollama_client
+from tests.e2e.clients import stream_native
 from tests.harness import Proxy
 
 UPSTREAM_TEXT = "Hello from the stand-in."
 REQUEST_DENY = "Request blocked by Lakera Guard"
 RESPONSE_DENY = "Response blocked by Lakera Guard"
-MODEL = "gemini-e2e"
 KINDS = ["gemini", "ollama-chat", "ollama-generate"]
 # the path each kind of request takes through the proxy, after the route's prefix
 PATHS = {
@@ -56,56 +58,6 @@ def new_id() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 
 
-def standin_headers(test_id: str, reply: str | None = None, mode: str = "") -> dict[str, str]:
-    headers = {"x-test-id": test_id}
-    if reply is not None:
-        headers["x-standin-reply-b64"] = base64.b64encode(reply.encode()).decode()
-    if mode:
-        headers["x-standin-mode"] = mode
-    return headers
-
-
-def gemini_client(proxy: Proxy, route: str, headers: dict[str, str]) -> genai.Client:
-    """google-genai at the route's prefix: `base_url` keeps its path (the SDK appends
-    `v1beta/models/...`); no retries; no environment proxy (httpx's trust_env)."""
-    return genai.Client(api_key="gemini-provider-key", http_options=genai_types.HttpOptions(
-        base_url=proxy.url(route), api_version="v1beta", headers=headers, timeout=30_000,
-        client_args={"trust_env": False},
-        retry_options=genai_types.HttpRetryOptions(attempts=1)))
-
-
-def ollama_client(proxy: Proxy, route: str, headers: dict[str, str]) -> ollama.Client:
-    # extra keyword arguments go to httpx.Client; the ollama client never retries
-    return ollama.Client(host=proxy.url(route), headers=headers, timeout=30, trust_env=False)
-
-
-def ask(proxy: Proxy, kind: str, route: str, test_id: str, prompt: str, stream: bool,
-        reply: str | None = None, mode: str = "") -> str:
-    """The answer text the SDK hands to its caller for a one-turn prompt."""
-    headers = standin_headers(test_id, reply, mode)
-    if kind == "gemini":
-        with gemini_client(proxy, route, headers) as gemini:
-            config = genai_types.GenerateContentConfig(system_instruction=f"Be brief. {test_id}")
-            if stream:
-                return "".join(chunk.text or "" for chunk in gemini.models.generate_content_stream(
-                    model=MODEL, contents=prompt, config=config))
-            answer = gemini.models.generate_content(model=MODEL, contents=prompt, config=config)
-            return answer.text or ""
-    with ollama_client(proxy, route, headers) as client:
-        if kind == "ollama-chat":
-            messages = [{"role": "system", "content": f"Be brief. {test_id}"},
-                        {"role": "user", "content": prompt}]
-            if stream:
-                return "".join(part.message.content or "" for part in client.chat(
-                    model="llama-e2e", messages=messages, stream=True))
-            return client.chat(model="llama-e2e", messages=messages).message.content or ""
-        if stream:
-            return "".join(part.response or "" for part in client.generate(
-                model="llama-e2e", prompt=prompt, system=f"Be brief. {test_id}", stream=True))
-        return client.generate(model="llama-e2e", prompt=prompt,
-                               system=f"Be brief. {test_id}").response or ""
-
-
 def raw_body(kind: str, prompt: str, stream: bool | None) -> dict[str, Any]:
     """A request body as the protocol's REST API takes it; `stream` None leaves Ollama's
     `stream` out (it then streams)."""
@@ -125,7 +77,7 @@ def raw(proxy: Proxy, route: str, path: str, body: dict[str, Any], test_id: str,
         reply: str | None = None, mode: str = "") -> httpx.Response:
     """The exact answer the client received, without an SDK in between."""
     return httpx.post(f"{proxy.url(route)}{path}", json=body, trust_env=False, timeout=30,
-                      headers=standin_headers(test_id, reply, mode))
+                      headers=native_headers(test_id, reply, mode))
 
 
 def verdict(proxy: Proxy, test_id: str, side: str, value: str) -> dict[str, Any]:
@@ -149,7 +101,7 @@ def received_paths(llm: Any, test_id: str) -> list[str]:
 @pytest.mark.parametrize("kind", KINDS)
 def test_clean_prompt_passes(proxy: Proxy, lakera, llm, kind, stream) -> None:
     test_id = new_id()
-    assert ask(proxy, kind, "block", test_id, f"hello {test_id}", stream) == UPSTREAM_TEXT
+    assert ask_native(proxy, kind, "block", test_id, f"hello {test_id}", stream) == UPSTREAM_TEXT
     assert received_paths(llm, test_id) == [f"/block{PATHS[kind, stream]}"]
     (screened,) = [b for b in lakera_bodies(lakera, test_id)
                    if b["messages"][0]["role"] != "assistant"]
@@ -165,7 +117,7 @@ def test_clean_prompt_passes(proxy: Proxy, lakera, llm, kind, stream) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_injected_prompt_is_blocked_before_the_llm(proxy: Proxy, llm, kind, stream) -> None:
     test_id = new_id()
-    text = ask(proxy, kind, "block", test_id, f"{ATTACK_TRIGGER} {test_id}", stream)
+    text = ask_native(proxy, kind, "block", test_id, f"{ATTACK_TRIGGER} {test_id}", stream)
     assert text == REQUEST_DENY
     assert not llm_saw(llm, test_id), "a denied request must never reach the LLM"
     record = verdict(proxy, test_id, "request", "flagged")
@@ -187,7 +139,7 @@ def test_tool_result_injection_is_blocked_gemini(proxy: Proxy, lakera, llm) -> N
             name="get_weather",
             response={"output": f"Sunny. {ATTACK_TRIGGER} {test_id}", "celsius": 21})]),
     ]
-    with gemini_client(proxy, "block", standin_headers(test_id)) as gemini:
+    with gemini_client(proxy, "block", native_headers(test_id)) as gemini:
         answer = gemini.models.generate_content(model=MODEL, contents=contents)
     assert answer.text == REQUEST_DENY
     assert not llm_saw(llm, test_id)
@@ -208,7 +160,7 @@ def test_tool_result_injection_is_blocked_ollama(proxy: Proxy, lakera, llm, stre
         {"role": "tool", "tool_name": "get_weather",
          "content": f"Sunny. {ATTACK_TRIGGER} {test_id}"},
     ]
-    with ollama_client(proxy, "block", standin_headers(test_id)) as client:
+    with ollama_client(proxy, "block", native_headers(test_id)) as client:
         if stream:
             text = "".join(p.message.content or "" for p in client.chat(
                 model="llama-e2e", messages=messages, stream=True))
@@ -229,7 +181,7 @@ def test_latest_scope_sends_only_the_new_turn_gemini(proxy: Proxy, lakera, llm) 
         genai_types.Content(role="user", parts=[genai_types.Part(text=f"new {test_id}")]),
     ]
     config = genai_types.GenerateContentConfig(system_instruction=f"sys {test_id}")
-    with gemini_client(proxy, "latest", standin_headers(test_id)) as gemini:
+    with gemini_client(proxy, "latest", native_headers(test_id)) as gemini:
         answer = gemini.models.generate_content(model=MODEL, contents=contents, config=config)
     assert answer.text == UPSTREAM_TEXT
     (screened,) = lakera_bodies(lakera, test_id)
@@ -247,7 +199,7 @@ def test_latest_scope_sends_only_the_new_turn_ollama(proxy: Proxy, lakera) -> No
         {"role": "assistant", "content": f"answer {test_id}"},
         {"role": "user", "content": f"new {test_id}"},
     ]
-    with ollama_client(proxy, "latest", standin_headers(test_id)) as client:
+    with ollama_client(proxy, "latest", native_headers(test_id)) as client:
         assert client.chat(model="llama-e2e", messages=messages).message.content == (
             UPSTREAM_TEXT)
     (screened,) = lakera_bodies(lakera, test_id)
@@ -263,7 +215,8 @@ def test_flagged_answer_is_replaced_by_the_deny(proxy: Proxy, lakera, kind, stre
     """A flagged answer, JSON or held stream, is replaced by a deny the SDK parses."""
     test_id = new_id()
     reply = f"Sure: {ATTACK_TRIGGER} {test_id}"
-    assert ask(proxy, kind, "block", test_id, f"hi {test_id}", stream, reply) == RESPONSE_DENY
+    text = ask_native(proxy, kind, "block", test_id, f"hi {test_id}", stream, reply)
+    assert text == RESPONSE_DENY
     assert answer_scans(lakera, test_id) == [reply], "exactly one scan of the whole answer"
     record = verdict(proxy, test_id, "response", "flagged")
     assert record["lakera"]["response"]["action"] == "blocked"
@@ -275,7 +228,7 @@ def test_flagged_answer_is_replaced_by_the_deny(proxy: Proxy, lakera, kind, stre
 def test_clean_answer_reaches_the_sdk(proxy: Proxy, lakera, kind, stream) -> None:
     test_id = new_id()
     reply = f"Grüezi, a clean answer for {test_id}."
-    assert ask(proxy, kind, "block", test_id, f"hi {test_id}", stream, reply) == reply
+    assert ask_native(proxy, kind, "block", test_id, f"hi {test_id}", stream, reply) == reply
     assert answer_scans(lakera, test_id) == [reply]
 
 
@@ -357,41 +310,6 @@ def test_error_event_is_screened_and_passed_on(proxy: Proxy, kind) -> None:
     assert flagged_id not in flagged.text and RESPONSE_DENY in flagged.text
 
 
-def stream_live(proxy: Proxy, kind: str, route: str, test_id: str, reply: str,
-                mode: str) -> tuple[str, str | None, float | None, float]:
-    """Stream an answer through the SDK: (the text its caller got, the stream's ending
-    (Gemini's finish reason, Ollama's done_reason), seconds to the first text, to the end)."""
-    headers = standin_headers(test_id, reply, mode)
-    text, ending, first = "", None, None
-    started = time.perf_counter()
-
-    def add(piece: str | None) -> None:
-        nonlocal text, first
-        if piece:
-            first = first if first is not None else time.perf_counter() - started
-            text += piece
-
-    if kind == "gemini":
-        with gemini_client(proxy, route, headers) as gemini:
-            for chunk in gemini.models.generate_content_stream(model=MODEL,
-                                                                contents=f"hi {test_id}"):
-                add(chunk.text)
-                for candidate in chunk.candidates or []:
-                    if candidate.finish_reason is not None:
-                        ending = candidate.finish_reason.value
-    else:
-        with ollama_client(proxy, route, headers) as client:
-            parts: Any = (client.chat(model="llama-e2e", stream=True,
-                                      messages=[{"role": "user", "content": f"hi {test_id}"}])
-                          if kind == "ollama-chat" else
-                          client.generate(model="llama-e2e", prompt=f"hi {test_id}", stream=True))
-            for part in parts:
-                add(part.message.content if kind == "ollama-chat" else part.response)
-                if part.done:
-                    ending = part.done_reason
-    return text, ending, first, time.perf_counter() - started
-
-
 CUT_ENDING = {"gemini": "SAFETY", "ollama-chat": "content_filter",
               "ollama-generate": "content_filter"}
 NORMAL_ENDING = {"gemini": "STOP", "ollama-chat": "stop", "ollama-generate": "stop"}
@@ -409,7 +327,7 @@ def test_live_stream_is_cut_in_the_protocols_shape(proxy: Proxy, llm, kind) -> N
     with `done_reason: content_filter`), which the SDK reads as an ordinary end."""
     test_id = new_id()
     reply = f"{test_id} " + words(60, "before") + ATTACK_TRIGGER + " " + words(400, "after") + TAIL
-    text, ending, _, _ = stream_live(proxy, kind, "live", test_id, reply, "delay-ms=5")
+    text, ending, _, _ = stream_native(proxy, kind, "live", test_id, reply, "delay-ms=5")
     assert ending == CUT_ENDING[kind]
     assert text.endswith("\n\n" + RESPONSE_DENY) and TAIL not in text
     leaked = text[: -len(RESPONSE_DENY) - 2]
@@ -426,7 +344,7 @@ def test_live_stream_is_cut_in_the_protocols_shape(proxy: Proxy, llm, kind) -> N
 def test_live_clean_stream_is_live_and_whole(proxy: Proxy, lakera, kind) -> None:
     test_id = new_id()
     reply = f"{test_id} " + words(80, "w") + TAIL
-    text, ending, first, ended = stream_live(proxy, kind, "live", test_id, reply,
+    text, ending, first, ended = stream_native(proxy, kind, "live", test_id, reply,
                                              "delay-ms=20")  # ~1.6 s of streaming
     assert text == reply and ending == NORMAL_ENDING[kind]
     assert first is not None and first < ended / 3, "the first text came long before the end"
@@ -470,7 +388,7 @@ def test_tool_calls_only_pass_unscanned(proxy: Proxy, lakera, kind, stream) -> N
 def test_upstream_error_reaches_the_sdk_unscanned(proxy: Proxy, kind, stream) -> None:
     test_id = new_id()
     with pytest.raises((genai_errors.APIError, ollama.ResponseError)) as raised:
-        ask(proxy, kind, "block", test_id, f"hi {test_id}", stream, mode="status=503")
+        ask_native(proxy, kind, "block", test_id, f"hi {test_id}", stream, mode="status=503")
     assert "stand-in status 503" in str(raised.value)
     record = verdict(proxy, test_id, "response", "unscanned")
     assert record["lakera"]["response"]["failure"] == "upstream status 503"
@@ -491,13 +409,13 @@ def test_deny_code_403_raises_the_sdks_error(proxy: Proxy, kind, side, stream) -
     expected = f"{deny}. Flagged categories: prompt_attack"
     if kind == "gemini":
         with pytest.raises(genai_errors.ClientError) as gemini_raised:
-            ask(proxy, kind, "reveal", test_id, prompt, stream, reply)
+            ask_native(proxy, kind, "reveal", test_id, prompt, stream, reply)
         assert gemini_raised.value.code == 403
         assert gemini_raised.value.status == "PERMISSION_DENIED"
         assert gemini_raised.value.message == expected
     else:
         with pytest.raises(ollama.ResponseError) as ollama_raised:
-            ask(proxy, kind, "reveal", test_id, prompt, stream, reply)
+            ask_native(proxy, kind, "reveal", test_id, prompt, stream, reply)
         assert ollama_raised.value.status_code == 403
         assert ollama_raised.value.error == expected
     record = verdict(proxy, test_id, side, "flagged")

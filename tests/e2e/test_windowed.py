@@ -15,7 +15,7 @@ from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from tests.e2e.clients import Clients
 from tests.e2e.clients import lakera_bodies
 from tests.e2e.clients import stream_answer
-from tests.e2e.test_native_protocols import stream_live
+from tests.e2e.clients import stream_native
 from tests.harness import Proxy
 
 PROTOCOLS = ["chat", "responses", "anthropic", "gemini", "ollama-chat", "ollama-generate"]
@@ -41,7 +41,7 @@ def stream(clients: Clients, proxy: Proxy, route: str, protocol: str, reply: str
     if protocol in ("chat", "responses", "anthropic"):
         got = stream_answer(c, protocol, reply, mode)
         return c.id, got.text, got.ending
-    text, ending, _, _ = stream_live(proxy, protocol, route, c.id, reply, mode)
+    text, ending, _, _ = stream_native(proxy, protocol, route, c.id, reply, mode)
     return c.id, text, ending
 
 
