@@ -115,6 +115,14 @@ class LakeraGuard:
                     f"lakera_audit_log: cannot open {path}: {e.strerror}") from None
         if "stream_large_bodies" in updated and "lakera_config" not in updated:
             self._check_streaming_options(self.config)
+        if updated & {"ssl_insecure", "ssl_verify_upstream_trusted_ca"}:
+            try:  # the relay checks upstream certificates as mitmproxy does
+                self.relay.upstream_ssl = upstream_ssl(
+                    bool(getattr(ctx.options, "ssl_insecure", False)),
+                    getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None))
+            except OSError as e:
+                raise LakeraOptionsError(  # type: ignore[no-untyped-call]
+                    f"ssl_verify_upstream_trusted_ca: cannot be read: {e.strerror}") from None
         if "lakera_config" not in updated:
             return
         try:
@@ -122,9 +130,6 @@ class LakeraGuard:
         except ConfigError as e:
             raise LakeraOptionsError(f"lakera_config: {e}") from None  # type: ignore[no-untyped-call]
         self._check_streaming_options(config)
-        self.relay.upstream_ssl = upstream_ssl(
-            bool(getattr(ctx.options, "ssl_insecure", False)),
-            getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None))
         self.config = config
         routes = ", ".join(r.name for r in config.routes)
         logger.info("lakera guard active: config %s; routes: %s", config.source, routes)

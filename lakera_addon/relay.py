@@ -36,6 +36,7 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 from mitmproxy import http
+from mitmproxy.utils import asyncio_utils
 
 from lakera_addon import routing
 from lakera_addon.decision import Decision
@@ -73,7 +74,7 @@ class Relay:
     def __init__(self, verdicts: Verdicts) -> None:
         self.verdicts = verdicts
         self.port = 0
-        self.upstream_ssl: ssl.SSLContext | bool = True
+        self._upstream_ssl: ssl.SSLContext | bool = True
         self._jobs: dict[str, Job] = {}
         self._runner: web.ServerRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -97,12 +98,29 @@ class Relay:
                                       handle_signals=False)
             await runner.setup()
             await web.SockSite(runner, listener).start()
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ssl=self.upstream_ssl),
-                trust_env=False, auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30))
             self.port = listener.getsockname()[1]
             self._runner = runner
+
+    @property
+    def upstream_ssl(self) -> ssl.SSLContext | bool:
+        return self._upstream_ssl
+
+    @upstream_ssl.setter
+    def upstream_ssl(self, value: ssl.SSLContext | bool) -> None:
+        """How upstream certificates are checked; a change applies to the next flows."""
+        self._upstream_ssl = value
+        session, self._session = self._session, None
+        if session is not None:  # (it exists only once a flow was relayed: the loop runs)
+            asyncio_utils.create_task(session.close(), name="lakera relay session close",
+                                      keep_ref=True)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ssl=self._upstream_ssl),
+                trust_env=False, auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30))
+        return self._session
 
     async def close(self) -> None:
         runner, session, self._runner, self._session = (self._runner, self._session, None,
@@ -155,12 +173,12 @@ class Relay:
 
     async def _relay(self, job: Job, request: web.BaseRequest,
                      body: bytes) -> web.StreamResponse:
-        assert self._session is not None
+        session = self._client()
         url = f"{job.scheme}://{_authority(job)}{request.raw_path}"
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         if job.host_header:
             headers["Host"] = job.host_header
-        upstream = asyncio.ensure_future(self._session.request(
+        upstream = asyncio.ensure_future(session.request(
             request.method, url, headers=headers, data=body, allow_redirects=False,
             server_hostname=job.sni if job.scheme == "https" and job.sni else None))
         try:

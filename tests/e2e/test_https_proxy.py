@@ -129,7 +129,13 @@ def regular(lakera: LakeraGuardStandin, tls_llm: LLMUpstreamStandin,
         "direction": "input",
         "action": "block",
         "timeout": 2000,
-        "routes": [{"name": "tls-llm", "hosts": ["127.0.0.1"], "paths": ["/v1/*"]}],
+        "routes": [
+            # through the relay (windowed answers, parallel prompts): it makes the HTTPS
+            # upstream request itself, checking certificates as mitmproxy's options say
+            {"name": "relayed", "hosts": ["127.0.0.1"], "paths": ["/relayed/v1/*"],
+             "direction": "both", "stream_mode": "windowed", "input_mode": "parallel"},
+            {"name": "tls-llm", "hosts": ["127.0.0.1"], "paths": ["/v1/*"]},
+        ],
     })
     allow = allow_hosts_regex(config_hosts(str(config)))  # what lakera-allow-hosts prints
     assert allow == r"^(127\.0\.0\.1)\.?(:\d+)?$"
@@ -166,6 +172,24 @@ def test_openai_sdk_clean_prompt_passes(regular: RegularProxy, tls_llm: LLMUpstr
     record = regular.proxy.wait_for_record(test_id, lambda r: r["status"] is not None)
     assert record["lakera"]["route"] == "tls-llm"
     assert record["lakera"]["request"]["verdict"] == "clean"
+
+
+def test_the_relay_speaks_https_to_the_upstream(regular: RegularProxy,
+                                               tls_llm: LLMUpstreamStandin) -> None:
+    """Windowed and parallel flows leave mitmproxy for the relay, which calls the HTTPS
+    upstream itself: a clean streamed answer arrives whole, an injected prompt is denied."""
+    env = client_env(regular.url, regular.ca_file)
+    result = run_client(f"{tls_llm.url}/relayed/v1", "What is the capital of France?",
+                        "https-relayed-clean", True, env)
+    assert result.returncode == 0 and result.stdout.strip() == DEFAULT_REPLY, result.stderr
+    assert llm_saw(tls_llm, "https-relayed-clean")
+    record = regular.proxy.wait_for_record("https-relayed-clean",
+                                           lambda r: r["hook"] == "response")
+    assert record["lakera"]["route"] == "relayed"
+    assert record["destination"] == f"127.0.0.1:{tls_llm.port}"  # shown as it really went
+    result = run_client(f"{tls_llm.url}/relayed/v1", f"{ATTACK_TRIGGER} now",
+                        "https-relayed-injected", False, env)
+    assert result.returncode == 0 and result.stdout.strip() == BLOCKED, result.stderr
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
