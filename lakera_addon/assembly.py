@@ -165,6 +165,12 @@ class StreamAssembler:
             for event in self._parser.feed(data):
                 self._data(event.data, event.event)
 
+    @property
+    def unreadable(self) -> str | None:
+        """Why the stream cannot be assembled, once that is known before its end (data that
+        is not a JSON object): read it after each chunk to stop at once."""
+        return self._failure
+
     def finish(self) -> StreamResult:
         """End of stream: the result, complete only if the stream reached its end."""
         if self._reader is None:

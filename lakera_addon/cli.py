@@ -64,7 +64,16 @@ def mitmdump_main() -> int:
 def mitmweb_main() -> int:
     from mitmproxy.tools.main import mitmweb
 
-    return _run(mitmweb, sys.argv[1:])
+    return _run(mitmweb, web_arguments(sys.argv[1:]))
+
+
+def web_arguments(argv: Sequence[str]) -> list[str]:
+    """mitmweb's arguments: `store_streamed_bodies` on unless they set it, so that mitmweb's LLM
+    view (llm_view.py) can show streamed answers that went out live (pass-through, `live`,
+    `windowed`): mitmproxy keeps no body of a streamed response otherwise."""
+    if any("store_streamed_bodies" in arg or "store-streamed-bodies" in arg for arg in argv):
+        return list(argv)
+    return ["--set", "store_streamed_bodies=true", *argv]
 
 
 # --- lakera-allow-hosts: mitmproxy's --allow-hosts built from the routes (SPEC section 8) ---

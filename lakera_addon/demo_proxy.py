@@ -151,6 +151,7 @@ def run_proxy(
     if web_port is not None:
         command += [
             "--web-host", "127.0.0.1", "--web-port", str(web_port), "--no-web-open-browser",
+            "--set", "store_streamed_bodies=true",  # streamed answers in the LLM view too
         ]  # fmt: skip
     log_path = workdir / f"{tool}.log"
     env = {**os.environ, OBSERVER_ENV: str(observer)}

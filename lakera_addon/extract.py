@@ -45,6 +45,7 @@ __all__ = [
     "sniff_candidates",
     "sniff_stream",
     "sniff_streams",
+    "tool_definition_objects",
     "tool_definitions",
     "tool_definitions_key",
 ]
@@ -134,6 +135,12 @@ def tool_definitions(protocol: Protocol, body: dict[str, object]) -> list[Messag
     JSON schemas, an MCP server's description and listed tools, and the response schema
     (structured output) as one more. Never raises: a body of the wrong shape has none."""
     return definition_messages(_DEFINITIONS[protocol](body))
+
+
+def tool_definition_objects(protocol: Protocol, body: dict[str, object]) -> list[object]:
+    """The request's tool definitions and response schema, as the JSON objects the client sent
+    (what `tool_definitions` reads; mitmweb's view names them). Never raises."""
+    return _DEFINITIONS[protocol](body)
 
 
 def tool_definitions_key(protocol: Protocol, body: dict[str, object]) -> bytes | None:

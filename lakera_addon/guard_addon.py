@@ -17,18 +17,23 @@ import ipaddress
 import logging
 import weakref
 from collections.abc import Awaitable
+from collections.abc import Sequence
 
 from mitmproxy import command
 from mitmproxy import ctx
 from mitmproxy import exceptions
+from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.addonmanager import Loader
 
+from lakera_addon import llm_view
 from lakera_addon import reporting
+from lakera_addon import rescreen
 from lakera_addon import routing
 from lakera_addon.audit_log import AuditLog
 from lakera_addon.configuration import Config
 from lakera_addon.configuration import ConfigError
+from lakera_addon.configuration import Route
 from lakera_addon.configuration import load_config
 from lakera_addon.decision import Decision
 from lakera_addon.failures import Failure
@@ -87,6 +92,7 @@ class LakeraGuard:
 
     def load(self, loader: Loader) -> None:
         logging.getLogger("mitmproxy.addons.script").addFilter(_ONE_LINE)
+        llm_view.register()  # mitmweb's view of the conversation and the verdicts
         loader.add_option(
             "lakera_config",
             str,
@@ -155,6 +161,23 @@ class LakeraGuard:
         logger.info("%s", summary)
         return summary
 
+    @command.command("lakera.rescreen")  # type: ignore[untyped-decorator]
+    def rescreen(self, flows: Sequence[mflow.Flow]) -> str:
+        """Screen flows again with the current configuration, without changing them: each is
+        marked and commented with what the addon would do to it now, kept in
+        metadata["lakera"]["rescreen"] (e.g. `:lakera.rescreen @marked`)."""
+        config = self.config
+        if config is None:
+            raise exceptions.CommandError("lakera_addon is not configured")
+        picked = [(f, route_of(config, f)) for f in flows if isinstance(f, http.HTTPFlow)]
+
+        async def run() -> None:
+            await rescreen.rescreen_all(picked, self.lakera, RESCREEN_CONCURRENCY,
+                                        lambda i, result: rescreen.annotate(picked[i][0], result))
+
+        self.verdicts.spawn(run(), "lakera rescreen")
+        return f"lakera rescreen: screening {len(picked)} flows with {config.source}"
+
     def running(self) -> None:
         if self.config is not None:
             self.lakera.prepare({r.settings.ssl_verify for r in self.config.routes})
@@ -181,10 +204,7 @@ class LakeraGuard:
         # hook returns when it is awaitable.
         if flow.response or flow.error or not flow.live or self.config is None:
             return None
-        if flow.request.method != "POST" and not flow.request.raw_content:
-            return None  # (a body sent with another method is screened too: servers read it)
-        route = self.config.route_for(destination(flow), flow.request.path,
-                                      (flow.request.host_header or "",))
+        route = route_of(self.config, flow)
         if route is None:
             return None
         try:
@@ -216,7 +236,7 @@ class LakeraGuard:
         or, when it declares more than max_body_bytes, decided at once without reading it."""
         declared = declared_length(response)
         if declared is not None and declared > state.settings.max_body_bytes:
-            self._flows.pop(flow, None)  # decided here: the response hook has nothing to do
+            self._forget(flow)  # decided here: the response hook has nothing to do
             self.held.too_large(flow, state, declared)
         elif not routing.is_streamed_answer(response.headers.get("content-type")):
             response.stream = False  # a JSON answer is screened whole
@@ -235,9 +255,9 @@ class LakeraGuard:
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state = self._answer_state(flow)
+        self._forget(flow)  # exactly one scan per response
         if state is None or flow.response is None:
             return None
-        self._flows.pop(flow, None)  # exactly one scan per response
         if state.relay_screened:  # the relay screened it and recorded the verdict
             return None
         if state.stream is not None:
@@ -246,9 +266,7 @@ class LakeraGuard:
         return self.held.screen(flow, state)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        state = self._flows.pop(flow, None)
-        if state is not None and state.relay_token is not None:
-            self.relay.forget(state.relay_token)
+        state = self._forget(flow)
         if state is None or state.stream is None or state.denied:
             return
         if flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE:
@@ -267,6 +285,15 @@ class LakeraGuard:
             self.verdicts.record(flow, state.route, "response",
                                  Decision("failure", False, failure.reason, kind=failure.kind))
 
+    def _forget(self, flow: http.HTTPFlow) -> FlowState | None:
+        """Drop a flow's state once its answer is decided; a relay job the relay never took
+        (a request its HTTP parser refused) goes with it, and the flow shows its real
+        destination."""
+        state = self._flows.pop(flow, None)
+        if state is not None and state.relay_token is not None:
+            self.relay.finish(flow, state.relay_token)
+        return state
+
     def _answer_state(self, flow: http.HTTPFlow) -> FlowState | None:
         """The state of a flow whose answer is to be screened; None for any other (an error
         status is passed through unscanned, SPEC section 5)."""
@@ -277,10 +304,24 @@ class LakeraGuard:
             return None
         status = flow.response.status_code
         if not 200 <= status < 300 or status == 204:  # errors, redirects, empty answers
-            self._flows.pop(flow, None)
+            self._forget(flow)
             self.verdicts.unscanned(flow, state.route, "response", f"upstream status {status}")
             return None
         return state
+
+
+RESCREEN_CONCURRENCY = 8  # lakera.rescreen: flows screened at once
+
+
+def route_of(config: Config, flow: http.HTTPFlow) -> Route | None:
+    """The route that screens a flow (the request hook's, lakera.rescreen's, lakera-replay's
+    choice): the first matching where the connection goes; None for a flow on no route, and
+    for a request without a body sent with a method other than POST (a body sent with another
+    method is screened too: servers read it)."""
+    if flow.request.method != "POST" and not flow.request.raw_content:
+        return None
+    return config.route_for(destination(flow), flow.request.path,
+                            (flow.request.host_header or "",))
 
 
 def destination(flow: http.HTTPFlow) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from lakera_addon.failures import FailureKind
 from lakera_addon.failures import MaskError
 from lakera_addon.failures import TooDeep
 from lakera_addon.flow_state import FlowState
+from lakera_addon.llm_view_answer import keep_upstream
 from lakera_addon.verdict import Verdict
 from lakera_addon.verdicts import Verdicts
 
@@ -43,7 +44,7 @@ class HeldAnswer:
 
     async def _screen(self, flow: http.HTTPFlow, state: FlowState) -> None:
         route, settings = state.route, state.settings
-        text, failure, document, visible = await self._text(flow, state)
+        text, failure, document, visible = await self.read(flow, state)
         if failure is not None and flow.response is not None and flow.response.stream:
             # another addon streamed it to the client already: a deny could not take effect
             self.verdicts.record(flow, route, "response",
@@ -52,6 +53,7 @@ class HeldAnswer:
         if failure is not None:
             decision = decide_failure(failure, settings)
             if decision.deny:  # first: what is recorded must have happened
+                await keep_upstream(flow, state.protocol, state.candidates, settings.max_body_bytes)
                 self.verdicts.deny(flow, state, "response", None)
             self.verdicts.record(flow, route, "response", decision)
             return
@@ -70,6 +72,8 @@ class HeldAnswer:
             except MaskError as e:
                 decision = decide_failure(e.failure("cannot mask: "), settings)
         if decision.deny:  # first: what is recorded must have happened
+            # what the upstream sent, for mitmweb's view (llm_view): the deny replaces it
+            await keep_upstream(flow, state.protocol, state.candidates, settings.max_body_bytes)
             self.verdicts.deny(flow, state, "response", verdict)
         self.verdicts.record(flow, route, "response", decision, verdict, masked)
 
@@ -126,9 +130,9 @@ class HeldAnswer:
         return masker.counts
 
     @staticmethod
-    async def _text(flow: http.HTTPFlow, state: FlowState) -> _Read:
+    async def read(flow: http.HTTPFlow, state: FlowState) -> _Read:
         """(assistant text, failure, the parsed JSON answer or None for a stream, the text a
-        re-framed stream carries) of a buffered response."""
+        re-framed stream carries) of a buffered response. The flow is not changed."""
         assert flow.response is not None
         limit = state.settings.max_body_bytes
         if flow.response.stream:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import weakref
 
+from mitmproxy import ctx
 from mitmproxy import http
 from mitmproxy.utils import asyncio_utils
 
@@ -43,6 +44,14 @@ def can_stay_live(response: http.Response, state: FlowState) -> bool:
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     return (state.settings.live and state.protocol in CUT_PROTOCOLS
             and encoding in ("", "identity") and "content-length" not in response.headers)
+
+
+def _store_streamed_bodies() -> bool:
+    """mitmproxy's `store_streamed_bodies` (lakera-mitmweb turns it on)."""
+    try:
+        return bool(ctx.options.store_streamed_bodies)
+    except Exception:  # no options (unit tests)
+        return False
 
 
 class PassThrough:
@@ -96,7 +105,7 @@ class LiveStream:
         self.verdicts = verdicts
         failure_ending = None if settings.fail_open else self._ending(None, "")
         self.tap = LiveTap(state.protocol, settings.max_body_bytes, settings.window_chars,
-                                  state.candidates, failure_ending)
+                                  state.candidates, failure_ending, _store_streamed_bodies())
         self.scan: asyncio.Task[None] | None = None  # the window scan in flight
         self.cut_by: tuple[Decision, Verdict | None] | None = None
         self.failed_windows: list[Failure] = []  # window scans that failed (fail_open: true)
@@ -179,6 +188,9 @@ class LiveStream:
         if self.scan is not None and not self.scan.done():
             await asyncio.wait({self.scan})
         tap, route, verdicts = self.tap, self.state.route, self.verdicts
+        if tap.sent is not None and flow.response is not None and (
+                flow.response.raw_content is None):  # the client left before the end
+            flow.response.raw_content = bytes(tap.sent)  # what it got, as mitmproxy would keep
         if self.failed_windows:
             reporting.coverage(flow, route, "response",
                                f"{len(self.failed_windows)} window scan(s) failed "

@@ -57,6 +57,7 @@ class LiveTap:
         window_chars: int,
         candidates: int = 1,
         failure_ending: bytes | None = None,
+        keep_sent: bool = False,
     ) -> None:
         """`failure_ending`: on a route with `fail_open: false`, the ending to send in place of
         everything after a failure of the tap itself (a stream past `max_body_bytes`, or bytes
@@ -79,15 +80,21 @@ class LiveTap:
         self.requested_chars = 0  # text length when the newest scan was asked for
         self.clean_chars = 0  # text length covered by the last clean verdict
         self.sent_chars = 0  # text length the client had when the ending went out
+        # what went out to the client, when it is to be kept (`keep_sent`, for mitmweb's view:
+        # mitmproxy's store_streamed_bodies keeps nothing of a stream the client left early)
+        self.sent: bytearray | None = bytearray() if keep_sent else None
 
     # --- the stream function -----------------------------------------------------------------
 
     def __call__(self, data: bytes) -> _Out:
         try:
-            return self._chunk(data)
+            out = self._chunk(data)
         except Exception as e:  # a stream function must never raise
-            return self._fail(FailureKind.STREAM_UNREADABLE,
-                              f"cannot read the stream: {type(e).__name__}", data)
+            out = self._fail(FailureKind.STREAM_UNREADABLE,
+                             f"cannot read the stream: {type(e).__name__}", data)
+        if self.sent is not None and len(self.sent) <= self._max_bytes:
+            self.sent += out if isinstance(out, bytes) else b"".join(out)
+        return out
 
     def _fail(self, kind: FailureKind, reason: str, data: bytes) -> _Out:
         """The tap cannot go on reading: fail closed (the ending goes out in place of this

@@ -37,6 +37,8 @@ import aiohttp
 from aiohttp import web
 from mitmproxy import http
 from mitmproxy.utils import asyncio_utils
+from multidict import CIMultiDict
+from yarl import URL
 
 from lakera_addon import routing
 from lakera_addon.decision import Decision
@@ -54,6 +56,10 @@ _HOP_BY_HOP: Final = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length", TOKEN_HEADER})
 _CHUNK: Final = 64 * 1024
+_NO_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+_QUIET = logging.getLogger("lakera_addon.relay.http")  # never printed: it quotes headers
+_QUIET.propagate = False
+_QUIET.addHandler(logging.NullHandler())
 
 
 @dataclass(slots=True)
@@ -94,8 +100,11 @@ class Relay:
             listener.bind(("127.0.0.1", 0))
             listener.listen(256)
             listener.setblocking(False)
-            runner = web.ServerRunner(web.Server(self._handle, access_log=None),
-                                      handle_signals=False)
+            # handler_cancellation: a client that goes away cancels its relay (and so closes
+            # the upstream); a logger of its own: aiohttp's errors quote request headers
+            server = web.Server(self._handle, access_log=None, handler_cancellation=True,
+                                logger=_QUIET, max_line_size=65536, max_field_size=65536)
+            runner = web.ServerRunner(server, handle_signals=False)
             await runner.setup()
             await web.SockSite(runner, listener).start()
             self.port = listener.getsockname()[1]
@@ -146,9 +155,13 @@ class Relay:
         request.scheme, request.host, request.port = "http", "127.0.0.1", self.port
         request.headers[TOKEN_HEADER] = token
 
-    def forget(self, token: str) -> None:
-        """A relayed flow that ended before it reached the relay (the client went away)."""
-        self._jobs.pop(token, None)
+    def finish(self, flow: http.HTTPFlow, token: str) -> None:
+        """A relayed flow has ended (answered, or failed): its token is no longer valid, and the
+        flow shows its real destination. (The relay removes a job when it takes it; this
+        removes one it never took: a request its HTTP parser refused, a client gone first.)"""
+        job = self._jobs.pop(token, None)
+        if job is not None:
+            self.restore(flow, job)
 
     @staticmethod
     def restore(flow: http.HTTPFlow, job: Job) -> None:
@@ -165,21 +178,25 @@ class Relay:
         job = self._jobs.pop(request.headers.get(TOKEN_HEADER, ""), None)
         if job is None:  # only mitmproxy, with a token it was given, may use the relay
             return web.Response(status=403, text="lakera_addon relay: no such flow\n")
-        body = await request.read()
-        try:
-            return await self._relay(job, request, body)
-        finally:
-            self.restore(job.flow, job)
+        # at once, not when the answer is written: mitmproxy's response hook (and mitmweb)
+        # may see the flow before this task resumes
+        self.restore(job.flow, job)
+        body = await request.content.read()  # (held by mitmproxy already: no size limit)
+        return await self._relay(job, request, body)
 
     async def _relay(self, job: Job, request: web.BaseRequest,
                      body: bytes) -> web.StreamResponse:
         session = self._client()
-        url = f"{job.scheme}://{_authority(job)}{request.raw_path}"
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        # the path and query as sent (encoded: not normalised again), every header as sent
+        # (duplicates too) but hop-by-hop ones, and none that aiohttp would add of its own
+        url = URL(f"{job.scheme}://{_authority(job)}{request.raw_path}", encoded=True)
+        headers = CIMultiDict((k, v) for k, v in request.headers.items()
+                              if k.lower() not in _HOP_BY_HOP)
         if job.host_header:
             headers["Host"] = job.host_header
         upstream = asyncio.ensure_future(session.request(
             request.method, url, headers=headers, data=body, allow_redirects=False,
+            skip_auto_headers=_NO_AUTO_HEADERS,
             server_hostname=job.sni if job.scheme == "https" and job.sni else None))
         try:
             if job.verdict is not None:  # parallel: the answer waits for the prompt's verdict
@@ -215,6 +232,7 @@ class Relay:
         state = job.state
         content_type = answer.headers.get("content-type")
         windowed = (state.settings.windowed and state.settings.scans_output
+                    and not state.generic  # (no known protocol: mitmproxy holds it whole)
                     and 200 <= answer.status < 300 and routing.is_streamed_answer(content_type))
         out = web.StreamResponse(status=answer.status, reason=answer.reason)
         for key, value in answer.headers.items():

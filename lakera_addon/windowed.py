@@ -43,6 +43,7 @@ from lakera_addon.deny import last_resort_cut
 from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
 from lakera_addon.flow_state import FlowState
+from lakera_addon.llm_view_answer import keep_text
 from lakera_addon.stream_framing import GeminiBoundary
 from lakera_addon.stream_framing import last_event_end
 from lakera_addon.stream_framing import last_line_end
@@ -53,6 +54,11 @@ from lakera_addon.verdicts import Verdicts
 logger = logging.getLogger("lakera_addon")
 
 Write = Callable[[bytes], Awaitable[None]]
+_INPUT_SLICE = 1024  # compressed input decoded per step: bounds one step's output
+# The last characters a clean scan covered stay held until a scan that also covers what follows
+# them is clean: an entity or phrase cut by the window's end (the first digits of a card
+# number, "ignore all previous" before "instructions") is judged whole before any of it goes.
+TAIL_HELD_CHARS = 128
 
 
 @dataclass(slots=True)
@@ -78,7 +84,7 @@ class WindowedRelease:
         self._pending = bytearray()  # decoded, after the last whole event
         self._held: deque[tuple[bytes, int]] = deque()  # (event, text length after it)
         self._seen = 0
-        self.clean = 0  # the text length covered by clean verdicts
+        self.clean = 0  # the text length covered by clean verdicts (released: all but its tail)
         self.released = 0  # the text length the client has
         self.scans = 0
         self._sent_any = False
@@ -88,13 +94,21 @@ class WindowedRelease:
     # --- reading ---------------------------------------------------------------------------
 
     def _take(self, data: bytes) -> Failure | None:
-        """Add a chunk of the upstream's body; a failure if the stream cannot be read."""
-        self._seen += len(data)
-        if self._seen > self.state.settings.max_body_bytes:
-            return Failure(FailureKind.TOO_LARGE, f"stream larger than max_body_bytes "
-                           f"({self.state.settings.max_body_bytes} bytes)")
+        """Add a chunk of the upstream's body; a failure if the stream cannot be read (past
+        `max_body_bytes` once decoded, undecodable, or not its protocol's events)."""
+        limit = self.state.settings.max_body_bytes
         try:
-            self._pending += self._decode(data) if self._decode else data
+            decoded = bytearray()
+            # decoded a little at a time, so that a compression bomb stops at the limit
+            for at in range(0, len(data), _INPUT_SLICE) if self._decode else ():
+                decoded += self._decode(data[at:at + _INPUT_SLICE])  # type: ignore[misc]
+                if self._seen + len(decoded) > limit:
+                    break
+            self._seen += len(decoded) if self._decode else len(data)
+            if self._seen > limit:
+                return Failure(FailureKind.TOO_LARGE, f"stream larger than max_body_bytes "
+                               f"({limit} bytes)")
+            self._pending += decoded if self._decode else data
             end = self._boundary(self._pending)
             if end:
                 events = bytes(self._pending[:end])
@@ -103,21 +117,31 @@ class WindowedRelease:
         except Exception as e:
             return Failure(FailureKind.STREAM_UNREADABLE,
                            f"cannot read the stream: {type(e).__name__}")
-        return None
+        problem = self._assembler.unreadable  # (the text count would stop growing)
+        return Failure(FailureKind.STREAM_UNREADABLE, problem) if problem else None
 
     def _feed(self, events: bytes) -> None:
-        """Feed whole events one by one, so that each is released with the text it carries."""
-        for event in split_events(events, self.state.protocol in protocols.NDJSON):
+        """Feed whole events one by one, so that each is released with the text it carries
+        (a Gemini chunk may hold a blank line inside its JSON: its boundaries are the
+        reader's, and what lies between two of them goes as one piece)."""
+        pieces = ([events] if self.state.protocol == protocols.GEMINI_GENERATE
+                  else split_events(events, self.state.protocol in protocols.NDJSON))
+        for event in pieces:
             self._assembler.feed(event)
             self._held.append((event, self._assembler.chars))
 
-    def _finish_reading(self) -> None:
-        """The upstream ended: what is left after the last whole event is one more event."""
-        if self._pending:
-            rest, self._pending = bytes(self._pending), bytearray()
+    def _finish_reading(self) -> Failure | None:
+        """The upstream ended: what is left after the last whole event is one more event,
+        counted with the text the end makes of it (a last line without its line end); a stream
+        that cannot be assembled (no events, not its protocol's, no end) is a failure, as a held
+        one is."""
+        rest, self._pending = bytes(self._pending), bytearray()
+        if rest:
             self._assembler.feed(rest)
+        result = self._assembler.finish()
+        if rest:
             self._held.append((rest, self._assembler.chars))
-        self._assembler.finish()
+        return None if result.complete else result.failure
 
     # --- releasing ---------------------------------------------------------------------------
 
@@ -173,11 +197,15 @@ class WindowedRelease:
                         failure = self._take(chunk)
                         if failure is not None:
                             return await self._failed(failure, write, body)
-                        await self._release(write, self.clean)  # events with no new text
+                        await self._release(write, self._releasable)  # events without new text
                         reading = asyncio.ensure_future(_next(body))
                     else:
                         reading = None
-                        self._finish_reading()
+                        failure = self._finish_reading()
+                        if failure is not None:
+                            for scan in scans:
+                                scan.task.cancel()
+                            return await self._failed(failure, write, body)
                 for scan in [s for s in scans if s.task.done()]:
                     scans.remove(scan)
                     decision = await self._verdict(scan, write)
@@ -217,8 +245,14 @@ class WindowedRelease:
             self.verdicts.count_failure(verdict.failure)
             return None
         self.clean = max(self.clean, scan.upto)  # (flagged by a detector that only alerts too)
-        await self._release(write, self.clean)
+        await self._release(write, self._releasable)
         return None
+
+    @property
+    def _releasable(self) -> int:
+        """The text length that may go out before the upstream ends: what clean verdicts
+        covered, but its last TAIL_HELD_CHARS (the end releases the rest after its scan)."""
+        return max(0, self.clean - TAIL_HELD_CHARS)
 
     async def _cut(self, decision: Decision, write: Write) -> Decision:
         """End the client's stream: the protocol's cut ending, or, when nothing has gone out
@@ -228,6 +262,9 @@ class WindowedRelease:
             ending = self._ending(self.last)
         else:
             ending = self.verdicts.deny_response(self.state, "response", True, self.last).body
+        keep_text(self.flow, self.state.protocol, self._assembler.text,  # for mitmweb's view
+                  f"the client received {self.released} of these {self._assembler.chars} "
+                  "characters, then the cut ending")
         with contextlib.suppress(Exception):
             await write(ending)
         return decision

@@ -199,3 +199,76 @@ def run_mitmdump_once(
         stop(process)
         out = process.stdout.read() if process.stdout else b""
         return None, out.decode(errors="replace")
+
+
+# --- mitmweb, as `lakera-mitmweb` starts it (tests/e2e/test_mitmweb_views.py) -----------------
+
+LAKERA_MITMWEB = Path(sys.executable).with_name("lakera-mitmweb")
+WEB_LISTENING = re.compile(r"Web server listening at (http://\S+?)/")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class WebProxy(Proxy):
+    web_url: str = ""
+    password: str = ""
+
+    def api(self, path: str) -> Any:
+        """GET mitmweb's HTTP API with the password; the JSON answer."""
+        import httpx
+
+        response = httpx.get(f"{self.web_url}{path}", trust_env=False, timeout=30,
+                             headers={"Authorization": f"Bearer {self.password}"})
+        response.raise_for_status()
+        return response.json()
+
+
+@contextmanager
+def run_mitmweb(
+    config: Path, upstream: str, workdir: Path, password: str, extra: tuple[str, ...] = ()
+) -> Iterator[WebProxy]:
+    """`lakera-mitmweb` in reverse mode to `upstream` on free ports (proxy and web), its web
+    API behind `password`, no browser opened; always stopped."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "mitmweb.log"
+    web_port = free_port()
+    command = [
+        str(LAKERA_MITMWEB),
+        "--mode", f"reverse:{upstream}@0",
+        "--listen-host", "127.0.0.1",
+        "--set", f"confdir={workdir / 'confdir'}",
+        "--set", "connection_strategy=lazy",
+        "--set", f"lakera_config={config}",
+        "--set", "web_host=127.0.0.1",
+        "--set", f"web_port={web_port}",
+        "--set", "web_open_browser=false",
+        "--set", f"web_password={password}",
+        *extra,
+    ]  # fmt: skip
+    environment = {**os.environ, "HTTP_PROXY": "http://127.0.0.1:9",
+                   "HTTPS_PROXY": "http://127.0.0.1:9", "ALL_PROXY": "http://127.0.0.1:9"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=environment, cwd=workdir)
+    try:
+        def listening() -> tuple[int, str] | None:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"mitmweb exited with {process.returncode}:\n{log_path.read_text()}")
+            text = log_path.read_text(errors="replace")
+            proxy, web = LISTENING.search(text), WEB_LISTENING.search(text)
+            return (int(proxy.group(1)), web.group(1)) if proxy and web else None
+
+        port, web_url = wait_until(listening, 60, "mitmweb to listen")
+        yield WebProxy(port, log_path, workdir / "no-observer.jsonl", process, web_url,
+                       password)
+    finally:
+        stop(process)

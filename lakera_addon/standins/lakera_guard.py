@@ -38,7 +38,9 @@ ATTACK_TRIGGER = "ignore all previous instructions"
 PII_TRIGGER = "4111 1111 1111 1111"
 PROFANITY_TRIGGER = "lakera-profanity"
 
-EMAIL_PATTERN = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+# Bounded like a real address (64-character local part, RFC 5321): an unbounded `[\w.+-]+@`
+# retries every start in a long run of letters, quadratic in a 100 kB message.
+EMAIL_PATTERN = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}\.[\w.-]{1,190}")
 
 # (trigger, detector_type, detector_id)
 DETECTORS: tuple[tuple[str | re.Pattern[str], str, str], ...] = (
@@ -61,7 +63,9 @@ def _text(document: Any) -> str:
 
 
 def _matches(content: str, trigger: str | re.Pattern[str]) -> list[tuple[int, int]]:
-    if isinstance(trigger, re.Pattern):
+    if isinstance(trigger, re.Pattern):  # (no address without an @: skip 100 kB quickly)
+        if trigger is EMAIL_PATTERN and "@" not in content:
+            return []
         return [m.span() for m in trigger.finditer(content)]
     lowered, found, at = content.lower(), [], 0
     while (at := lowered.find(trigger, at)) >= 0:

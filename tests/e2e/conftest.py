@@ -57,6 +57,7 @@ ROUTES = [
     route("tools", screen_tool_definitions=True),
     route("windowed", stream_mode="windowed", window_chars=200),
     route("windowed-open", stream_mode="windowed", window_chars=200, fail_open=True),
+    route("windowed-small", stream_mode="windowed", window_chars=200, max_body_bytes=100_000),
     route("parallel", input_mode="parallel"),
     route("parallel-windowed", input_mode="parallel", stream_mode="windowed", window_chars=200),
     route("live-small", stream_mode="live", window_chars=200, max_body_bytes=4096),

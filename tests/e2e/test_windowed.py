@@ -5,6 +5,9 @@ asked, and no byte of the answer reaches the client before the prompt's verdict.
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 import math
 import time
 from typing import Any
@@ -12,8 +15,10 @@ from typing import Any
 import pytest
 
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
+from lakera_addon.standins.lakera_guard import PII_TRIGGER
 from tests.e2e.clients import Clients
 from tests.e2e.clients import lakera_bodies
+from tests.e2e.clients import llm_saw
 from tests.e2e.clients import stream_answer
 from tests.e2e.clients import stream_native
 from tests.harness import Proxy
@@ -73,6 +78,22 @@ def test_a_flag_ends_the_stream_after_its_clean_part_only(clients: Clients, prox
     assert ATTACK_TRIGGER not in text and "after" not in text and TAIL not in text
     released = text.removesuffix(DENY).rstrip()
     assert reply.replace("{id}", test_id).startswith(released)
+    record = response_record(proxy, test_id)["lakera"]["response"]
+    assert record["verdict"] == "flagged" and record["action"] == "blocked"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_card_number_cut_by_a_window_end_is_not_released_in_part(
+        clients: Clients, proxy: Proxy, protocol) -> None:
+    """A window's scan ends inside a card number (its first digits screen clean on their
+    own): the tail of each clean window stays held until the next scan sees it whole, so no
+    digit reaches the client. The id's word (15 characters) starts the first scan; the second
+    starts at the first word that brings 200 more, here "4111 " (15 + 198 + 5 = 218)."""
+    filler = "abcd " * 39 + "ab "  # 198 characters
+    reply = "{id} " + filler + PII_TRIGGER + " " + words(80, "after") + TAIL
+    test_id, text, ending = stream(clients, proxy, "windowed", protocol, reply, "delay-ms=20")
+    assert ending == CUT_ENDING[protocol] and text.endswith(DENY)
+    assert "4111" not in text and "after" not in text
     record = response_record(proxy, test_id)["lakera"]["response"]
     assert record["verdict"] == "flagged" and record["action"] == "blocked"
 
@@ -170,3 +191,120 @@ def test_parallel_and_windowed_together(clients: Clients, proxy: Proxy) -> None:
         messages=[{"role": "user", "content": f"{ATTACK_TRIGGER} {c.id}"}])
     assert "".join(e.delta.text for e in chunks if e.type == "content_block_delta") == (
         REQUEST_DENY)
+
+
+# --- stream shapes the windowed release must not pass on unscreened (red team, round 2) -------
+
+SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"
+
+
+def chat_event(text: str, finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
+    return b"data: " + json.dumps({"id": "c1", "choices": [choice]}).encode() + b"\n\n"
+
+
+def ollama_line(text: str, done: bool = False) -> bytes:
+    return json.dumps({"model": "m", "message": {"role": "assistant", "content": text},
+                       "done": done}).encode()
+
+
+RAW_SHAPES = {  # name: (path, content type, body)
+    "chat: an event that is not JSON before the flagged one": (
+        "/v1/chat/completions", SSE,
+        chat_event("Hello ") + b"data: not-json\n\n" + chat_event(ATTACK_TRIGGER)
+        + chat_event("", "stop") + b"data: [DONE]\n\n"),
+    "anthropic: a ping whose data is not JSON": (
+        "/v1/messages", SSE,
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","type":'
+        b'"message","role":"assistant","model":"m","content":[],"stop_reason":null,'
+        b'"usage":{"input_tokens":1,"output_tokens":1}}}\n\n'
+        b"event: ping\ndata: not-json\n\n"
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"text","text":""}}\n\n'
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"' + ATTACK_TRIGGER.encode() + b'"}}\n\n'
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n'),
+    "ollama: a CR inside a line": (
+        "/api/chat", NDJSON,
+        ollama_line("Hello ") + b"\n" + ollama_line("x")[:-2] + b"\r" + b"\n"
+        + ollama_line(ATTACK_TRIGGER) + b"\n" + ollama_line("", True) + b"\n"),
+    "a JSON answer typed as an event stream": (
+        "/v1/chat/completions", SSE,
+        json.dumps({"id": "x", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": ATTACK_TRIGGER},
+             "finish_reason": "stop"}]}).encode()),
+    "ollama: the flagged last line has no line end": (
+        "/api/chat", NDJSON,
+        ollama_line("Hello ") + b"\n" + ollama_line(ATTACK_TRIGGER + " ", True)),
+    "gemini: a bare JSON chunk with a blank line inside": (
+        "/v1beta/models/g:streamGenerateContent?alt=sse", SSE,
+        b'{"candidates": [{"content": {"parts": [{"text": "' + ATTACK_TRIGGER.encode()
+        + b'"}], "role": "model"},\n\n "finishReason": "STOP", "index": 0}]}\n'),
+    "an unfinished last event without a terminal event": (
+        "/v1/chat/completions", SSE, chat_event("Hello ") + chat_event(ATTACK_TRIGGER)[:-2]),
+}
+
+
+@pytest.mark.parametrize("name", list(RAW_SHAPES))
+def test_stream_shapes_the_release_cannot_read_fail_closed(clients: Clients, name) -> None:
+    path, content_type, body = RAW_SHAPES[name]
+    c = clients.make("windowed")
+    request: dict[str, Any] = (
+        {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]} if "gemini" in name
+        else {"model": "m", "stream": True, "max_tokens": 5,
+              "messages": [{"role": "user", "content": f"hi {c.id}"}]})
+    response = c.http.post(f"{c.base}{path}", json=request, headers={
+        "x-standin-raw-b64": base64.b64encode(body).decode(), "x-standin-raw-type": content_type})
+    assert ATTACK_TRIGGER not in response.text, response.text
+
+
+def test_a_stream_of_no_known_protocol_is_held_and_screened(clients: Clients) -> None:
+    """Legacy completions on a windowed route: not read as the protocol its path suggests."""
+    c = clients.make("windowed")
+    body = (b'data: {"id":"c","choices":[{"index":0,"text":"' + ATTACK_TRIGGER.encode()
+            + b'"}]}\n\ndata: [DONE]\n\n')
+    response = c.http.post(f"{c.base}/v1/completions",
+                           json={"model": "m", "prompt": f"hi {c.id}", "stream": True},
+                           headers={"x-standin-raw-b64": base64.b64encode(body).decode(),
+                                    "x-standin-raw-type": SSE})
+    assert ATTACK_TRIGGER not in response.text, response.text
+
+
+def test_a_compression_bomb_stops_at_max_body_bytes(clients: Clients, proxy: Proxy) -> None:
+    c = clients.make("windowed-small")
+    events = chat_event("x " * 1000) * 200 + b"data: [DONE]\n\n"  # 200 kB once decoded
+    response = c.http.post(f"{c.base}/v1/chat/completions", json={
+        "model": "m", "stream": True, "messages": [{"role": "user", "content": f"hi {c.id}"}]},
+        headers={"x-standin-raw-b64": base64.b64encode(gzip.compress(events)).decode(),
+                 "x-standin-raw-type": SSE, "x-standin-raw-encoding": "gzip"})
+    assert len(response.content) < 50_000
+    record = proxy.wait_for_record(c.id, lambda r: ((r["lakera"] or {}).get("response") or {})
+                                   .get("verdict") not in (None, "pending"))
+    assert "max_body_bytes" in record["lakera"]["response"]["failure"]
+
+
+def test_a_prompt_larger_than_a_mebibyte_goes_through_the_relay(clients: Clients, llm) -> None:
+    """1.2 MB of conversation in twelve turns, each small enough to screen: the relay takes a
+    body past its default one-mebibyte limit, and the upstream gets all of it."""
+    c = clients.make("parallel")
+    turns: list[Any] = [{"role": "user" if i % 2 == 0 else "assistant",
+                         "content": f"t{i} " + "y" * 100_000} for i in range(11)]
+    answer = c.openai.chat.completions.create(model="m", messages=[
+        *turns, {"role": "user", "content": f"hi {c.id} " + "y" * 100_000}])
+    assert answer.choices[0].message.content == "Hello from the stand-in."
+    sizes = [len(str(seen["body"])) for seen in llm_saw(llm, c.id)]  # (not the bodies: 1.2 MB)
+    assert len(sizes) == 1 and sizes[0] > 1_200_000
+
+
+def test_a_request_the_relay_refuses_leaves_no_token_behind(clients: Clients, proxy: Proxy,
+                                                            llm) -> None:
+    """A request mitmproxy accepts but the relay's HTTP parser refuses (a 100 kB header): the
+    client gets the refusal, and the flow shows its real destination without the token."""
+    c = clients.make("parallel")
+    response = c.http.post(f"{c.base}/v1/chat/completions", json={
+        "model": "m", "messages": [{"role": "user", "content": f"hi {c.id}"}]},
+        headers={"x-big": "z" * 100_000})
+    assert response.status_code == 400
+    record = proxy.wait_for_record(c.id, lambda r: r["hook"] == "response")
+    assert record["destination"] == f"127.0.0.1:{llm.port}" and not record["relay_token"]
