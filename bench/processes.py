@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -68,6 +69,13 @@ class Standins:
     lakera: int
     llm: int
     delay_ms: float
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -134,8 +142,10 @@ def addon_config(variant: dict[str, Any], ports: Standins) -> dict[str, Any]:
 
 
 @contextmanager
-def proxy(variant: str, ports: Standins, workdir: Path) -> Iterator[tuple[int, int]]:
-    """(pid, port) of a fresh mitmdump for `variant`."""
+def proxy(variant: str, ports: Standins, workdir: Path, metrics_port: int = 0
+          ) -> Iterator[tuple[int, int]]:
+    """(pid, port) of a fresh mitmdump for `variant`; with the addon's metrics on
+    `metrics_port` if not 0 (lakera_calls reads them)."""
     config, extra = VARIANTS[variant]
     command = [str(MITMDUMP), "--mode", f"reverse:http://127.0.0.1:{ports.llm}@0",
                "--listen-host", "127.0.0.1", "--set", f"confdir={workdir / 'confdir'}",
@@ -144,6 +154,8 @@ def proxy(variant: str, ports: Standins, workdir: Path) -> Iterator[tuple[int, i
         path = workdir / f"{variant}.yaml"
         path.write_text(yaml.safe_dump(addon_config(config, ports)), encoding="utf-8")
         command += ["-s", str(ADDON), "--set", f"lakera_config={path}"]
+        if metrics_port:
+            command += ["--set", f"lakera_metrics_port={metrics_port}"]
     log_path = workdir / f"mitmdump-{variant}.log"
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     with open(log_path, "wb") as out:

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from bench.processes import Standins
+from bench.processes import free_port
 from bench.processes import log
 from bench.processes import proxy
 from bench.processes import standins
@@ -35,11 +36,11 @@ DENY = b"Response blocked by Lakera Guard"
 WINDOW = 200
 SPEEDS = {"50 ch/s": 160, "500 ch/s": 16, "~4,000 ch/s": 2, "instant": 0}  # ms per 8-ch word
 MODES = ("plain-stream", "held", "live-200", "windowed-200")
-_CALLS = re.compile(r"over (\d+) calls")
+_CALLS = re.compile(r"^lakera_guard_lakera_latency_seconds_count (\S+)$", re.MULTILINE)
 
 
 def words(n: int, tag: str) -> str:
-    return "".join(f"{tag}{i:03d} " for i in range(n))  # 8 characters per word
+    return "".join(f"{tag}{i:06d} " for i in range(n))  # 8 characters per word
 
 
 def _request(port: int, reply: str, mode: str, stream: bool = True
@@ -64,11 +65,12 @@ def _request(port: int, reply: str, mode: str, stream: bool = True
     return bytes(received), first, first_text, (time.perf_counter() - started) * 1000
 
 
-def _calls(workdir: Path, variant: str) -> int:
-    """Lakera calls the proxy made (its shutdown summary)."""
-    text = (workdir / f"mitmdump-{variant}.log").read_text(errors="replace")
-    found = _CALLS.findall(text)
-    return int(found[-1]) if found else 0
+def lakera_calls(metrics_port: int) -> int:
+    """Lakera calls the proxy made so far: every window's scan, not one per answer (the
+    addon's `lakera_guard_lakera_latency_seconds` histogram, lakera_metrics_port)."""
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", trust_env=False).text
+    found = _CALLS.search(text)
+    return int(float(found.group(1))) if found else 0
 
 
 def growth_rows(ports: Standins, workdir: Path, speeds: dict[str, int],
@@ -79,12 +81,15 @@ def growth_rows(ports: Standins, workdir: Path, speeds: dict[str, int],
     for speed, pace in speeds.items():
         for variant in MODES:
             firsts, ends, leaks = [], [], []
-            with proxy(variant, ports, workdir) as (_, port):
+            calls = 0.0
+            metrics = free_port() if variant != "plain-stream" else 0
+            with proxy(variant, ports, workdir, metrics) as (_, port):
                 for _ in range(repeats):
                     _, _, first_text, end = _request(port, clean, f"delay-ms={pace}")
                     firsts.append(first_text)
                     ends.append(end)
-            calls = _calls(workdir, variant) / repeats
+                if metrics:
+                    calls = lakera_calls(metrics) / repeats
             if variant != "plain-stream":
                 with proxy(variant, ports, workdir) as (_, port):
                     for _ in range(repeats):

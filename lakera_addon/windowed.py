@@ -5,11 +5,13 @@ The relay (relay.py) reads the upstream's answer and hands its body here; this w
 client only whole events (SSE) or lines (NDJSON) whose text lies inside the text already screened
 clean. Each scan covers all the text so far (within `max_screen_bytes`, screen_budget.
 window_parts), so a phrase split across two windows is judged whole. A scan starts as soon as
-none is in flight and `window_chars` of new text is waiting; the first as soon as there is any
-text, so the first words do not wait for a whole window. When the upstream ends, a last scan
-covers the rest (at once, beside a scan still in flight) and only then go the rest and the
-upstream's own ending out. A flag, or a failure on a route with `fail_open: false`, ends the
-client's stream with the protocol's own cut ending (deny.cut_ending) and closes the upstream.
+none is in flight and `window_chars` of new text is waiting; the first at FIRST_WINDOW_CHARS
+when that is smaller, so the first words do not wait for a whole window (a smaller first
+window would release nothing: the last TAIL_HELD_CHARS a scan covers stay held). When the
+upstream ends, a last scan covers the rest (at once, beside a scan still in flight) and only
+then go the rest and the upstream's own ending out. A flag, or a failure on a route with
+`fail_open: false`, ends the client's stream with the protocol's own cut ending
+(deny.cut_ending) and closes the upstream.
 
 Unlike a mitmproxy stream function, this runs as a coroutine: it can wait for a verdict before
 the end of the stream, which is what lets the upstream's ending wait for the last scan.
@@ -59,6 +61,8 @@ _INPUT_SLICE = 1024  # compressed input decoded per step: bounds one step's outp
 # them is clean: an entity or phrase cut by the window's end (the first digits of a card
 # number, "ignore all previous" before "instructions") is judged whole before any of it goes.
 TAIL_HELD_CHARS = 128
+# The first window: what lets TAIL_HELD_CHARS go out at once, or window_chars if that is less.
+FIRST_WINDOW_CHARS = 2 * TAIL_HELD_CHARS
 
 
 @dataclass(slots=True)
@@ -212,9 +216,10 @@ class WindowedRelease:
                     if decision is not None:
                         return await self._cut(decision, write)
                 chars = self._assembler.chars
-                if reading is not None:  # a window: the first text at once, then every window
-                    if not scans and chars > requested and (
-                            requested == 0 or chars - requested >= settings.window_chars):
+                if reading is not None:  # a window: the first one smaller, then every window
+                    window = settings.window_chars if requested else min(
+                        settings.window_chars, FIRST_WINDOW_CHARS)
+                    if not scans and chars > requested and chars - requested >= window:
                         requested = chars
                         scans.append(self._scan(chars))
                 elif chars > requested:  # the end: the rest now, beside a scan in flight

@@ -87,9 +87,9 @@ def test_a_card_number_cut_by_a_window_end_is_not_released_in_part(
         clients: Clients, proxy: Proxy, protocol) -> None:
     """A window's scan ends inside a card number (its first digits screen clean on their
     own): the tail of each clean window stays held until the next scan sees it whole, so no
-    digit reaches the client. The id's word (15 characters) starts the first scan; the second
-    starts at the first word that brings 200 more, here "4111 " (15 + 198 + 5 = 218)."""
-    filler = "abcd " * 39 + "ab "  # 198 characters
+    digit reaches the client. The first scan starts at the word that brings the text to
+    window_chars (200): the id's word (15 characters), 175 of filler, then "4111 1111 "."""
+    filler = "abcd " * 35  # 175 characters
     reply = "{id} " + filler + PII_TRIGGER + " " + words(80, "after") + TAIL
     test_id, text, ending = stream(clients, proxy, "windowed", protocol, reply, "delay-ms=20")
     assert ending == CUT_ENDING[protocol] and text.endswith(DENY)
