@@ -315,8 +315,12 @@ def parse_config(
     return Config(source, routes)
 
 
-def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the file at `path`; no path means the built-in defaults."""
+def load_config(
+    path: str | None, environ: Mapping[str, str] | None = None, allow_empty: bool = True
+) -> Config:
+    """Read and validate the file at `path`; no path means the built-in defaults. An empty
+    file means them too, except with `allow_empty=False` (a reload, config_watch.py: there an
+    empty file is most likely one caught between its truncation and its new content)."""
     if not path:
         return parse_config(None, BUILTIN_SOURCE, environ)
     try:
@@ -331,4 +335,7 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text") from e
+    if document is None and not allow_empty:
+        raise ConfigError(f"{path}: the file is empty (being written?); it must hold the "
+                          "configuration's keys")
     return parse_config(document, path, environ)

@@ -13,7 +13,6 @@ What the phases share (asking Lakera, recording, denying) is in verdicts.py.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import weakref
 from collections.abc import Awaitable
@@ -26,6 +25,7 @@ from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.addonmanager import Loader
 
+from lakera_addon import config_watch
 from lakera_addon import llm_view
 from lakera_addon import reporting
 from lakera_addon import rescreen
@@ -33,12 +33,13 @@ from lakera_addon import routing
 from lakera_addon.audit_log import AuditLog
 from lakera_addon.configuration import Config
 from lakera_addon.configuration import ConfigError
-from lakera_addon.configuration import Route
 from lakera_addon.configuration import load_config
 from lakera_addon.decision import Decision
 from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
+from lakera_addon.flow_route import route_of
 from lakera_addon.flow_state import FlowState
+from lakera_addon.health_server import MetricsPort
 from lakera_addon.held_answer import HeldAnswer
 from lakera_addon.lakera_client import LakeraClient
 from lakera_addon.live_stream import LiveStream
@@ -87,6 +88,9 @@ class LakeraGuard:
         self.relay = Relay(self.verdicts)
         self.request_side = RequestSide(self.verdicts, self._flows, self.relay)
         self.held = HeldAnswer(self.verdicts)
+        self.metrics_port = MetricsPort(self.counters, self.lakera, self.verdicts, self._flows,
+                                        lambda: self.config)
+        self.watch = config_watch.ConfigWatch(self._reload)  # lakera_config, while running
 
     # --- options -------------------------------------------------------------------------
 
@@ -100,7 +104,9 @@ class LakeraGuard:
             "Path to the lakera_addon YAML configuration (Lakera endpoint, key, routes, "
             "direction, action, fail_open, ...). Empty: built-in defaults, which screen the "
             "prompts sent to the well-known LLM providers with the key from "
-            "LAKERA_GUARD_API_KEY.",
+            "LAKERA_GUARD_API_KEY. The file is watched while the proxy runs: a valid new "
+            "version applies to new flows, an invalid one is refused and logged (lakera.reload "
+            "reloads it at once).",
         )
         loader.add_option(
             "lakera_audit_log",
@@ -110,8 +116,37 @@ class LakeraGuard:
             "detector types, request_uuid, latency, failure reason; never prompt text or the "
             "key). Empty: no audit log.",
         )
+        loader.add_option(
+            "lakera_metrics_port",
+            str,
+            "0",
+            "Port of the addon's HTTP server for Prometheus (/metrics) and probes (/healthz: "
+            "loaded with a valid configuration; /readyz: Lakera answered recently, see "
+            "lakera_ready_failure_seconds). 0: no server.",
+        )
+        loader.add_option(
+            "lakera_metrics_host",
+            str,
+            "127.0.0.1",
+            "Address the lakera_metrics_port server listens on (0.0.0.0: every IPv4 address).",
+        )
+        loader.add_option(
+            "lakera_ready_failure_seconds",
+            str,
+            "30",
+            "After Lakera Guard fails (timeout, unreachable, 5xx, a bad answer), /readyz "
+            "answers 503 until Lakera answers again or this many seconds have passed since the "
+            "failure. 0: Lakera's failures never make /readyz fail.",
+        )
 
     def configure(self, updated: set[str]) -> None:
+        if updated & METRICS_OPTIONS:
+            o = ctx.options
+            try:
+                self.metrics_port.configure(o.lakera_metrics_host, o.lakera_metrics_port,
+                                            o.lakera_ready_failure_seconds)
+            except ValueError as e:
+                raise LakeraOptionsError(str(e)) from None  # type: ignore[no-untyped-call]
         if "lakera_audit_log" in updated:
             path = ctx.options.lakera_audit_log
             try:
@@ -131,12 +166,15 @@ class LakeraGuard:
                     f"ssl_verify_upstream_trusted_ca: cannot be read: {e.strerror}") from None
         if "lakera_config" not in updated:
             return
+        path = ctx.options.lakera_config or None
+        stamp = config_watch.stamp_of(path) if path else None  # before the read (config_watch)
         try:
-            config = load_config(ctx.options.lakera_config or None)
+            config = load_config(path)
         except ConfigError as e:
             raise LakeraOptionsError(f"lakera_config: {e}") from None  # type: ignore[no-untyped-call]
         self._check_streaming_options(config)
         self.config = config
+        self.watch.follow(path, stamp)  # polled for changes from `running` on
         routes = ", ".join(r.name for r in config.routes)
         logger.info("lakera guard active: config %s; routes: %s", config.source, routes)
 
@@ -178,14 +216,50 @@ class LakeraGuard:
         self.verdicts.spawn(run(), "lakera rescreen")
         return f"lakera rescreen: screening {len(picked)} flows with {config.source}"
 
+    @command.command("lakera.reload")  # type: ignore[untyped-decorator]
+    def reload(self) -> str:
+        """Read lakera_config again now. A valid file takes effect for new flows (flows in
+        flight finish under the configuration they started with); an invalid one is refused
+        and the current configuration stays. The file is also watched (config_watch.py)."""
+        reading = config_watch.read(ctx.options.lakera_config or None)
+        self.watch.follow(reading.path, reading.stamp)
+        return self._reload(reading)
+
+    def _reload(self, reading: config_watch.Reading) -> str:
+        """Apply a new reading of the configuration file (the watch, lakera.reload): swap the
+        one reference new flows read, or keep the configuration in force and say why in one
+        line. Never a moment without one."""
+        config, error = reading.config, f"lakera_config: {reading.error}"
+        if config is not None:
+            try:
+                self._check_streaming_options(config)
+            except LakeraOptionsError as e:
+                config, error = None, str(e)
+        if config is None:
+            self.counters.reloaded(False)
+            kept = self.config.source if self.config is not None else "no configuration"
+            logger.error("lakera guard reload failed: %s; keeping config %s", error, kept)
+            return f"lakera reload: failed: {error}; keeping {kept}"
+        self.config = config
+        self.counters.reloaded(True)
+        if self.watch.active:  # mitmproxy runs: the event loop the sessions need is there
+            self.lakera.prepare({r.settings.ssl_verify for r in config.routes})
+        routes = ", ".join(r.name for r in config.routes)
+        logger.info("lakera guard reloaded: config %s; routes: %s", config.source, routes)
+        return f"lakera reload: ok, routes: {routes}"
+
     def running(self) -> None:
         if self.config is not None:
             self.lakera.prepare({r.settings.ssl_verify for r in self.config.routes})
+        self.watch.start()
+        self.metrics_port.serve()
 
     def done(self) -> None:
+        self.watch.stop()
         if self.config is not None:
             logger.info("%s", self.counters.summary())
         self.audit.close()
+        self.metrics_port.close()
         # Sync, so that a script reload can call it; closing the pool needs the running loop.
         try:
             asyncio.get_running_loop()
@@ -311,36 +385,7 @@ class LakeraGuard:
 
 
 RESCREEN_CONCURRENCY = 8  # lakera.rescreen: flows screened at once
-
-
-def route_of(config: Config, flow: http.HTTPFlow) -> Route | None:
-    """The route that screens a flow (the request hook's, lakera.rescreen's, lakera-replay's
-    choice): the first matching where the connection goes; None for a flow on no route, and
-    for a request without a body sent with a method other than POST (a body sent with another
-    method is screened too: servers read it)."""
-    if flow.request.method != "POST" and not flow.request.raw_content:
-        return None
-    return config.route_for(destination(flow), flow.request.path,
-                            (flow.request.host_header or "",))
-
-
-def destination(flow: http.HTTPFlow) -> tuple[str, ...]:
-    """The names of the host a flow's connection goes to: the request's host (the reverse-mode
-    target, the proxy request's host, the CONNECT target, the transparent destination) and,
-    when that is an address, the TLS server name the connection carries."""
-    host = flow.request.host
-    names = [host]
-    if _is_address(host):
-        names += [flow.server_conn.sni or "", flow.client_conn.sni or ""]
-    return tuple(name for name in names if name)
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
+METRICS_OPTIONS = {"lakera_metrics_port", "lakera_metrics_host", "lakera_ready_failure_seconds"}
 
 
 def declared_length(message: http.Message) -> int | None:

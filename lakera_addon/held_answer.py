@@ -4,6 +4,7 @@ in `stream_mode: held`. Released as they came, masked, or replaced by the deny."
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import Any
 from typing import NamedTuple
@@ -37,10 +38,12 @@ class HeldAnswer:
         self.verdicts = verdicts
 
     async def screen(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        started = time.perf_counter()
         try:
             await self._screen(flow, state)
         except Exception as e:  # a bug must not release a held answer unscreened
             self.verdicts.internal_error(flow, state.route, "response", e, state)
+        self.verdicts.held("response", started)
 
     async def _screen(self, flow: http.HTTPFlow, state: FlowState) -> None:
         route, settings = state.route, state.settings

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,6 +99,9 @@ class LakeraClient:
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
         self.cache = VerdictCache()
         self.tool_sets = VerdictCache()
+        # told of every call made to Lakera (not of cached verdicts): the metrics' latency
+        # histogram and the readiness probe (health_server.py); None while they are off
+        self.on_call: Callable[[Verdict], None] | None = None
 
     def _session(self, ssl_verify: bool) -> aiohttp.ClientSession:
         session = self._sessions.get(ssl_verify)
@@ -132,6 +136,12 @@ class LakeraClient:
                                         lambda: self._call(settings, body))
 
     async def _call(self, settings: Settings, body: bytes) -> Verdict:
+        verdict = await self._post(settings, body)
+        if self.on_call is not None:
+            self.on_call(verdict)
+        return verdict
+
+    async def _post(self, settings: Settings, body: bytes) -> Verdict:
         headers = {"content-type": "application/json"}
         if settings.api_key:
             headers["authorization"] = f"Bearer {settings.api_key}"

@@ -37,7 +37,7 @@ from lakera_addon.configuration import ConfigError
 from lakera_addon.configuration import Settings
 from lakera_addon.configuration import load_config
 from lakera_addon.decision import Side
-from lakera_addon.guard_addon import route_of
+from lakera_addon.flow_route import route_of
 from lakera_addon.lakera_client import LakeraClient
 from lakera_addon.rescreen import ACTIONS
 from lakera_addon.rescreen import FlowResult

@@ -4,7 +4,7 @@ it; `lakera-replay` (replay.py) screens a recorded flows file with a new configu
 it goes live.
 
 The steps are the hooks' own, from the same functions: the request read and planned by
-`request_side.read_request` and `plan_screen`, asked by `request_side.ask_lakera`; the answer
+`request_plan.read_request` and `plan_screen`, asked by `request_plan.ask_lakera`; the answer
 read by `HeldAnswer.read`; both decided by `decision.decide`. What changes or records a flow
 is left out: nothing is denied, masked, logged, counted or audited, and the flow's request,
 response and own verdict (`flow.metadata["lakera"]`) stay as they are. Streamed answers are
@@ -48,10 +48,10 @@ from lakera_addon.failures import UnreadableBody
 from lakera_addon.flow_state import FlowState
 from lakera_addon.held_answer import HeldAnswer
 from lakera_addon.lakera_client import LakeraClient
-from lakera_addon.request_side import ask_lakera
-from lakera_addon.request_side import guessed_state
-from lakera_addon.request_side import plan_screen
-from lakera_addon.request_side import read_request
+from lakera_addon.request_plan import ask_lakera
+from lakera_addon.request_plan import guessed_state
+from lakera_addon.request_plan import plan_screen
+from lakera_addon.request_plan import read_request
 from lakera_addon.verdict import Verdict
 from lakera_addon.verdicts import Verdicts
 

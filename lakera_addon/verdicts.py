@@ -4,7 +4,9 @@ mark, stats, audit), denying, and deciding an internal error like a failure."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable
 from collections.abc import Coroutine
 from typing import Any
 
@@ -49,6 +51,8 @@ class Verdicts:
         self.lakera = lakera
         self.stats = stats
         self.audit = audit
+        # told how long a flow waited on the addon (metrics.py); None while metrics are off
+        self.on_hold: Callable[[Side, float], None] | None = None
 
     # --- asking Lakera -----------------------------------------------------------------------
 
@@ -92,10 +96,15 @@ class Verdicts:
             side_record = {"verdict": decision.outcome,
                            "action": "blocked" if decision.deny else "allowed"}
         try:
-            self.stats.observe(side, decision, verdict)
+            self.stats.observe(side, decision, verdict, route.name, masked is not None)
             self.audit.write(flow, route.name, side, side_record)
         except Exception:
             logger.exception("lakera_addon could not count or audit a %s verdict", side)
+
+    def held(self, side: Side, started: float) -> None:
+        """A flow waited on the addon from `started` (time.perf_counter()) until now."""
+        if self.on_hold is not None:
+            self.on_hold(side, time.perf_counter() - started)
 
     def count_failure(self, failure: Failure) -> None:
         """A failure that decided nothing on its own (a window scan the route lets through):

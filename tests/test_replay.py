@@ -26,12 +26,12 @@ from lakera_addon.configuration import Settings
 from lakera_addon.configuration import parse_config
 from lakera_addon.decision import Decision
 from lakera_addon.extract import Message
+from lakera_addon.flow_route import route_of
 from lakera_addon.flow_state import FlowState
 from lakera_addon.guard_addon import LakeraGuard
-from lakera_addon.guard_addon import route_of
 from lakera_addon.lakera_client import LakeraClient
 from lakera_addon.lakera_client import classify
-from lakera_addon.request_side import plan_screen
+from lakera_addon.request_plan import plan_screen
 from lakera_addon.standins.lakera_guard import ATTACK_TRIGGER
 from lakera_addon.standins.lakera_guard import PII_TRIGGER
 from lakera_addon.standins.lakera_guard import verdict as standin_verdict
@@ -89,7 +89,7 @@ def actions(result: rescreen.FlowResult) -> dict[str, str]:
     return {side.side: side.action for side in result.sides}
 
 
-# --- the request side's plan (request_side.plan_screen) ------------------------------------
+# --- the request side's plan (request_plan.plan_screen) ------------------------------------
 
 def state(**settings: Any) -> FlowState:
     route = Route("r", ("*",), (), "auto", Settings(**settings))
