@@ -129,6 +129,15 @@ class StreamAssembler:
         return self._texts.chars
 
     @property
+    def part_chars(self) -> dict[Key, int]:
+        """Each part's text length so far (a choice's, a content block's, ...)."""
+        return self._texts.part_chars
+
+    def take_grown(self) -> dict[Key, int]:
+        """The parts whose text grew since the last call, with their lengths now."""
+        return self._texts.take_grown()
+
+    @property
     def text(self) -> str:
         """All the text assembled so far: what is screened."""
         return self._texts.text

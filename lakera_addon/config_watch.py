@@ -6,8 +6,13 @@ The watch polls the file every second, as mitmproxy's own script reloader does
 (mitmproxy/addons/script.py), and compares (st_mtime_ns, st_size, st_ino, st_dev) of
 `os.stat`, which follows symlinks: an edit in place, an editor's write-to-a-temporary-file and
 rename, and a Kubernetes ConfigMap update (a new timestamped directory, then an atomic swap of
-the `..data` symlink the mounted file points through) all change it. A changed file is read and
-validated in a thread, off mitmproxy's event loop; two changes within one poll are one reload.
+the `..data` symlink the mounted file points through) all change it. A changed file is read
+when its stamp has stayed the same for one more poll (a file still being written in place,
+`>` or `envsubst > policy.yaml`, would otherwise be read half written: its first lines are
+often valid YAML with fewer routes), and validated in a thread, off mitmproxy's event loop;
+changes within one poll are one reload. Only a regular file of at most MAX_CONFIG_BYTES is
+read (configuration.load_config): a FIFO, a device or a huge file is a failed reload, never a
+read that blocks.
 A file that disappears is one failed reload (logged once: its stamp stays "missing"), and is
 picked up when it reappears.
 """
@@ -100,11 +105,13 @@ class ConfigWatch:
         self.active = False  # between start() and stop(): mitmproxy is running
         self._task: asyncio.Task[None] | None = None
         self._generation = 0  # bumped by follow(): a reading still in a thread is stale
+        self._pending: tuple[FileStamp | None] | None = None  # a change seen, not yet read
 
     def follow(self, path: str | None, stamp: FileStamp | None) -> None:
         """The file whose reading was just applied (the option, a reload, a refused reload)
         and its stamp then: later polls compare with it."""
         self.path, self.seen = path, stamp
+        self._pending = None
         self._generation += 1
         if self.active:
             self._ensure_task()
@@ -140,13 +147,18 @@ class ConfigWatch:
     async def poll(self) -> bool:
         """One look at the file; whether a new reading went to `apply`."""
         path = self.path
-        if not path or not changed(self.seen, stamp_of(path)):
+        now = stamp_of(path) if path else None
+        if not path or not changed(self.seen, now):
+            self._pending = None
+            return False
+        if self._pending != (now,):  # changed since the last poll: maybe still being written
+            self._pending = (now,)
             return False
         generation = self._generation
         reading = await asyncio.to_thread(read, path)
-        if generation != self._generation or not reading.settled:
+        if generation != self._generation or not reading.settled or reading.stamp != now:
             # superseded meanwhile (lakera.reload, a new lakera_config), or written to during
-            # the read: the next poll looks again
+            # the read: the next polls look again
             return False
         self.follow(path, reading.stamp)
         self.apply(reading)

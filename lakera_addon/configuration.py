@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -315,6 +316,29 @@ def parse_config(
     return Config(source, routes)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a policy is a few kB; more is a mistake (or a device)
+
+
+def _read_file(path: str) -> str:
+    """The text of a regular file of at most MAX_CONFIG_BYTES. Opened without blocking and
+    checked before reading: a FIFO, a device or a directory would block or never end (the
+    file watch reads in a thread, the lakera.reload command on the event loop)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path}: not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+    return data.decode("utf-8")
+
+
 def load_config(
     path: str | None, environ: Mapping[str, str] | None = None, allow_empty: bool = True
 ) -> Config:
@@ -324,8 +348,7 @@ def load_config(
     if not path:
         return parse_config(None, BUILTIN_SOURCE, environ)
     try:
-        with open(path, encoding="utf-8") as f:
-            document = yaml.safe_load(f)
+        document = yaml.safe_load(_read_file(path))
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read: {e.strerror or e}") from e
     except yaml.YAMLError as e:

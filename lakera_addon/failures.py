@@ -22,6 +22,7 @@ class FailureKind(StrEnum):
     UNREACHABLE = "unreachable"  # no connection to Lakera
     STATUS_401 = "status 401"
     STATUS_429 = "status 429"
+    STATUS_4XX = "status 4xx"  # another client error: this call's (its size, its content)
     STATUS_OTHER = "status 5xx/other"
     NOT_JSON = "not JSON"  # Lakera's answer is not a JSON object
     NO_VERDICT = "no verdict"  # Lakera's answer has no boolean `flagged`
@@ -47,8 +48,9 @@ class Failure:
 
 def lakera_status(status: int) -> FailureKind:
     """The kind of failure of a non-2xx status from Lakera."""
-    return {401: FailureKind.STATUS_401, 429: FailureKind.STATUS_429}.get(
-        status, FailureKind.STATUS_OTHER)
+    if status in (401, 429):
+        return FailureKind.STATUS_401 if status == 401 else FailureKind.STATUS_429
+    return FailureKind.STATUS_4XX if 400 <= status < 500 else FailureKind.STATUS_OTHER
 
 
 class GuardError(Exception):

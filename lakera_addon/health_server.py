@@ -125,7 +125,9 @@ class HealthServer:
         _spawn(self._start(sock), "lakera metrics server start")
 
     async def _start(self, sock: socket.socket) -> None:
-        handler = web.Server(self._handle, access_log=None)
+        # a scraper or probe asks and goes: an idle connection is closed after 5 s (aiohttp's
+        # default keeps it an hour, holding one of the descriptors the proxy also needs)
+        handler = web.Server(self._handle, access_log=None, keepalive_timeout=5.0)
         try:
             if sock is not self._sock:  # closed or replaced before it started
                 sock.close()

@@ -131,7 +131,7 @@ class LakeraClient:
             body = json.dumps(payload).encode()
         if not settings.verdict_cache_seconds:
             return await self._call(settings, body)
-        key = cache_key(settings.lakera_endpoint, settings.api_key, body)
+        key = cache_key(settings.lakera_endpoint, settings.api_key, body, settings.ssl_verify)
         return await self.cache.verdict(key, settings.verdict_cache_seconds,
                                         lambda: self._call(settings, body))
 
@@ -185,7 +185,8 @@ class LakeraClient:
         every turn, and it changes rarely. Identical sets in flight share one call; failures
         are never kept."""
         key = cache_key(settings.lakera_endpoint, settings.api_key,
-                        (settings.project_id or "").encode() + b"\0" + set_key)
+                        (settings.project_id or "").encode() + b"\0" + set_key,
+                        settings.ssl_verify)
         return await self.tool_sets.verdict(key, TOOL_SET_SECONDS,
                                             lambda: self.screen_parts(settings, parts))
 

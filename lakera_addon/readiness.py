@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from lakera_addon.failures import FailureKind
 from lakera_addon.verdict import Verdict
 
-# The failures that say Lakera cannot be relied on right now. Not 401 (the key of one route)
-# nor 429 (a quota all replicas share: taking this one out of the Service does not help).
+# The failures that say Lakera cannot be relied on right now. Not 401 (the key of one route),
+# nor 429 (a quota all replicas share: taking this one out of the Service does not help), nor
+# another 4xx (that call's own: a client could otherwise take replicas out at will).
 OUTAGE = frozenset({FailureKind.TIMEOUT, FailureKind.UNREACHABLE, FailureKind.STATUS_OTHER,
                     FailureKind.NOT_JSON, FailureKind.NO_VERDICT})
 

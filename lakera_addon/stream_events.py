@@ -31,6 +31,7 @@ from lakera_addon.protocols import Protocol
 SEPARATOR: Final = "\n\n"
 
 Key = tuple[int, int, int]
+EXTRAS: Key = (-1, -1, -1)  # the part of the snapshots that differ from their deltas
 
 _RESPONSES_TERMINAL: Final = frozenset(
     {"response.completed", "response.failed", "response.incomplete"}
@@ -76,6 +77,11 @@ class Texts:
         self._measured: dict[Key, tuple[int, int]] = {}  # key -> (pieces measured, length)
         self.chars = 0  # the length of all of it, kept as it grows
         self.answer_chars = 0
+        # each part's length as it grows (the snapshots that differ: part EXTRAS), and the
+        # parts grown since the last `take_grown` with their new lengths (windowed.py holds
+        # back the tail of each part, not of the whole)
+        self.part_chars: dict[Key, int] = {}
+        self.grown: dict[Key, int] = {}
 
     def add(self, key: Key, text: object, answer: bool = False) -> None:
         if not text or not isinstance(text, str):
@@ -86,6 +92,7 @@ class Texts:
         else:
             pieces.append(text)
         self.chars += len(text)
+        self._grow(key, len(text))
         if answer:
             self.answer_chars += len(text)
             self.answer_keys.add(key)
@@ -100,6 +107,17 @@ class Texts:
         self._extra_set.add(text)
         self.extras.append(text)
         self.chars += len(text)
+        self._grow(EXTRAS, len(text))
+
+    def _grow(self, key: Key, by: int) -> None:
+        length = self.part_chars.get(key, 0) + by
+        self.part_chars[key] = length
+        self.grown[key] = length
+
+    def take_grown(self) -> dict[Key, int]:
+        """The parts grown since the last call, with their lengths now."""
+        grown, self.grown = self.grown, {}
+        return grown
 
     def _length(self, key: Key) -> int:
         """The length of part `key`'s text, measuring only the pieces added since the last

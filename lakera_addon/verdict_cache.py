@@ -26,9 +26,14 @@ from lakera_addon.verdict import Verdict
 MAX_ENTRIES: Final = 4096
 
 
-def cache_key(endpoint: str, api_key: str | None, body: bytes) -> bytes:
+def cache_key(endpoint: str, api_key: str | None, body: bytes, ssl_verify: bool = True
+              ) -> bytes:
+    """The key of a call: where it goes, with which key and certificate check (a verdict got
+    without checking Lakera's certificate is not reused once a reloaded configuration checks
+    it), and what it sends."""
     digest = hashlib.sha256()
-    for part in (endpoint.encode(), (api_key or "").encode(), body):
+    for part in (endpoint.encode(), (api_key or "").encode(), b"1" if ssl_verify else b"0",
+                 body):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.digest()

@@ -46,6 +46,7 @@ from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
 from lakera_addon.flow_state import FlowState
 from lakera_addon.llm_view_answer import keep_text
+from lakera_addon.stream_events import Key
 from lakera_addon.stream_framing import GeminiBoundary
 from lakera_addon.stream_framing import last_event_end
 from lakera_addon.stream_framing import last_line_end
@@ -68,7 +69,15 @@ FIRST_WINDOW_CHARS = 2 * TAIL_HELD_CHARS
 @dataclass(slots=True)
 class _Scan:
     upto: int  # the text length it covers
+    parts: dict[Key, int]  # and each part's (choice's, content block's) length it covers
     task: asyncio.Task[Verdict]
+
+
+@dataclass(slots=True)
+class _Held:
+    event: bytes
+    chars: int  # the text length after it
+    grown: dict[Key, int]  # the parts whose text it carries, with their lengths after it
 
 
 class WindowedRelease:
@@ -86,9 +95,10 @@ class WindowedRelease:
             else GeminiBoundary() if state.protocol == protocols.GEMINI_GENERATE
             else last_event_end)
         self._pending = bytearray()  # decoded, after the last whole event
-        self._held: deque[tuple[bytes, int]] = deque()  # (event, text length after it)
+        self._held: deque[_Held] = deque()
         self._seen = 0
-        self.clean = 0  # the text length covered by clean verdicts (released: all but its tail)
+        self.clean = 0  # the text length covered by clean verdicts
+        self.clean_parts: dict[Key, int] = {}  # and each part's (released: all but its tail)
         self.released = 0  # the text length the client has
         self.scans = 0
         self._sent_any = False
@@ -132,7 +142,7 @@ class WindowedRelease:
                   else split_events(events, self.state.protocol in protocols.NDJSON))
         for event in pieces:
             self._assembler.feed(event)
-            self._held.append((event, self._assembler.chars))
+            self._held.append(_Held(event, self._assembler.chars, self._assembler.take_grown()))
 
     def _finish_reading(self) -> Failure | None:
         """The upstream ended: what is left after the last whole event is one more event,
@@ -144,20 +154,33 @@ class WindowedRelease:
             self._assembler.feed(rest)
         result = self._assembler.finish()
         if rest:
-            self._held.append((rest, self._assembler.chars))
+            self._held.append(_Held(rest, self._assembler.chars, self._assembler.take_grown()))
         return None if result.complete else result.failure
 
     # --- releasing ---------------------------------------------------------------------------
 
-    async def _release(self, write: Write, upto: int) -> None:
+    async def _release(self, write: Write, everything: bool = False) -> None:
+        """Write the held events a clean verdict released, in order (all of them at the
+        end, `everything`)."""
         out = bytearray()
-        while self._held and self._held[0][1] <= upto:
-            event, chars = self._held.popleft()
-            out += event
-            self.released = chars
+        while self._held and (everything or self._releasable(self._held[0])):
+            held = self._held.popleft()
+            out += held.event
+            self.released = held.chars
         if out:
             self._sent_any = True
             await write(bytes(out))
+
+    def _releasable(self, held: _Held) -> bool:
+        """Before the upstream ends, an event goes out when clean verdicts covered the text
+        up to its end and, in each part whose text it carries, TAIL_HELD_CHARS more of that
+        part's text (per part: the choices of `n` > 1 or Gemini's candidates interleave, and
+        a tail counted over all of them would hold back little of each)."""
+        if held.chars > self.clean:
+            return False
+        clean = self.clean_parts
+        return all(length <= clean.get(key, 0) - TAIL_HELD_CHARS
+                   for key, length in held.grown.items())
 
     def _scan(self, upto: int) -> _Scan:
         settings = self.state.settings
@@ -166,7 +189,7 @@ class WindowedRelease:
         self.scans += 1
         task = asyncio.ensure_future(self.verdicts.lakera.screen_parts(
             settings, [[{"role": "assistant", "content": p}] for p in parts]))
-        return _Scan(upto, task)
+        return _Scan(upto, dict(self._assembler.part_chars), task)
 
     def _ending(self, verdict: Verdict | None) -> bytes:
         state = self.state
@@ -201,7 +224,7 @@ class WindowedRelease:
                         failure = self._take(chunk)
                         if failure is not None:
                             return await self._failed(failure, write, body)
-                        await self._release(write, self._releasable)  # events without new text
+                        await self._release(write)  # events without new text
                         reading = asyncio.ensure_future(_next(body))
                     else:
                         reading = None
@@ -226,7 +249,7 @@ class WindowedRelease:
                     requested = chars
                     scans.append(self._scan(chars))
                 elif not scans:  # the end, all of it decided: the rest and the ending go out
-                    await self._release(write, 1 << 62)
+                    await self._release(write, everything=True)
                     if self.last is None:
                         return Decision("unscanned", False, "no assistant text")
                     return decide(self.last, settings)
@@ -250,14 +273,10 @@ class WindowedRelease:
             self.verdicts.count_failure(verdict.failure)
             return None
         self.clean = max(self.clean, scan.upto)  # (flagged by a detector that only alerts too)
-        await self._release(write, self._releasable)
+        for key, length in scan.parts.items():
+            self.clean_parts[key] = max(self.clean_parts.get(key, 0), length)
+        await self._release(write)
         return None
-
-    @property
-    def _releasable(self) -> int:
-        """The text length that may go out before the upstream ends: what clean verdicts
-        covered, but its last TAIL_HELD_CHARS (the end releases the rest after its scan)."""
-        return max(0, self.clean - TAIL_HELD_CHARS)
 
     async def _cut(self, decision: Decision, write: Write) -> Decision:
         """End the client's stream: the protocol's cut ending, or, when nothing has gone out
@@ -281,7 +300,7 @@ class WindowedRelease:
         decision = decide_failure(failure, self.state.settings)
         if decision.deny:
             return await self._cut(decision, write)
-        await self._release(write, 1 << 62)
+        await self._release(write, everything=True)
         if self._pending:
             await write(bytes(self._pending))
         async for chunk in body:

@@ -75,6 +75,13 @@ class Applied:
         return [r.config.routes[0].name if r.config else None for r in self.readings]
 
 
+def settle(watch: ConfigWatch) -> bool:
+    """Two polls: the first sees the change and waits (the file may still be being
+    written), the second reads it; whether it was handed on."""
+    assert not asyncio.run(watch.poll())
+    return asyncio.run(watch.poll())
+
+
 def watching(path: Path) -> tuple[ConfigWatch, Applied]:
     applied = Applied()
     watch = ConfigWatch(applied)
@@ -88,9 +95,45 @@ def test_edit_in_place_is_one_reload(tmp_path: Path) -> None:
     assert not asyncio.run(watch.poll())  # nothing changed yet
     write(path, policy("b"))
     write(path, policy("c-longer"))  # two changes within one poll: one reload, the last
-    assert asyncio.run(watch.poll())
+    assert settle(watch)
     assert not asyncio.run(watch.poll())
     assert applied.routes() == ["c-longer"]
+
+
+def test_a_file_still_being_written_is_read_once_it_stays_the_same(tmp_path: Path) -> None:
+    """`envsubst < policy.tmpl > policy.yaml` writes in place: a poll between its writes
+    sees the first routes only, valid YAML. Read only once the file stayed the same for a
+    poll, so the half written policy is never applied."""
+    path = write(tmp_path / "policy.yaml", policy("a"))
+    watch, applied = watching(path)
+    whole = yaml.safe_dump({**policy("first"), "routes": [
+        policy("first")["routes"][0], {**policy("second")["routes"][0], "hosts": ["x.test"]}]})
+    write(path, whole[:whole.index("- action", whole.index("first"))])  # first route only
+    assert load_config(str(path)).routes[0].name == "first"  # (valid on its own)
+    assert not asyncio.run(watch.poll())  # seen: waits
+    write(path, whole)  # the writer goes on
+    assert not asyncio.run(watch.poll())  # changed again: waits again
+    assert asyncio.run(watch.poll())
+    (reading,) = applied.readings
+    assert reading.config is not None
+    assert [r.name for r in reading.config.routes] == ["first", "second"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "huge"])
+def test_only_a_regular_file_of_bounded_size_is_read(tmp_path: Path, kind: str) -> None:
+    """A FIFO would block the read for ever (the lakera.reload command reads on the event
+    loop), a huge file would take seconds to parse: refused at once, as a failed reading."""
+    path = tmp_path / "policy.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.write_text("# padding\n" * 200_000)
+    reading = config_watch.read(str(path))
+    assert reading.config is None and reading.error is not None
+    assert reading.error == (f"{path}: not a regular file" if kind != "huge"
+                             else f"{path}: larger than 1048576 bytes")
 
 
 def test_rename_over_with_the_same_size_and_mtime_is_seen(tmp_path: Path) -> None:
@@ -100,7 +143,7 @@ def test_rename_over_with_the_same_size_and_mtime_is_seen(tmp_path: Path) -> Non
     replace_atomically(path, policy("b"))  # same length as "a"
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert os.stat(path).st_size == before.st_size
-    assert asyncio.run(watch.poll())
+    assert settle(watch)
     assert applied.routes() == ["b"]
 
 
@@ -128,7 +171,7 @@ def test_configmap_symlink_swap_is_seen(tmp_path: Path) -> None:
     assert load_config(str(path)).routes[0].name == "a"
     watch, applied = watching(path)
     configmap(tmp_path, "2026_01_01_00_01_00.2", policy("b"))
-    assert asyncio.run(watch.poll())
+    assert settle(watch)
     assert applied.routes() == ["b"]
     assert not asyncio.run(watch.poll())
 
@@ -137,13 +180,13 @@ def test_a_file_that_disappears_is_one_failure_then_picked_up_again(tmp_path: Pa
     path = write(tmp_path / "policy.yaml", policy("a"))
     watch, applied = watching(path)
     path.unlink()
-    assert asyncio.run(watch.poll())
+    assert settle(watch)
     assert not asyncio.run(watch.poll())  # still gone: said once
     assert len(applied.readings) == 1
     assert applied.readings[0].config is None
     assert applied.readings[0].error == f"{path}: cannot be read: No such file or directory"
     write(path, policy("b"))
-    assert asyncio.run(watch.poll())
+    assert settle(watch)
     assert applied.routes() == [None, "b"]
 
 
@@ -159,7 +202,7 @@ def test_bad_content_is_a_reading_without_configuration(
     path = write(tmp_path / "policy.yaml", policy("a"))
     watch, applied = watching(path)
     write(path, text)
-    assert asyncio.run(watch.poll())
+    assert settle(watch)
     (reading,) = applied.readings
     assert reading.config is None and reading.error is not None
     assert reading.error.startswith(f"{path}: {reason}")
@@ -180,8 +223,9 @@ def test_a_file_written_during_the_read_is_read_again(tmp_path: Path, monkeypatc
 
     write(path, policy("half"))
     monkeypatch.setattr(config_watch, "load_config", load_while_written)
+    assert not asyncio.run(watch.poll())  # seen; read at the next poll
     assert not asyncio.run(watch.poll())  # read while it changed: not applied
-    assert asyncio.run(watch.poll())
+    assert settle(watch)
     assert applied.routes() == ["whole-and-longer"]
 
 
@@ -308,7 +352,8 @@ def test_watch_applies_through_the_addon(tmp_path: Path,
                          lambda: path.unlink(), lambda: None,
                          lambda: write(path, policy("c"))):
                 step()
-                await addon.watch.poll()
+                await addon.watch.poll()  # seen
+                await addon.watch.poll()  # read, the stamp unchanged since
                 assert addon.config is not None
                 routes.append(addon.config.routes[0].name)
             addon.done()

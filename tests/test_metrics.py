@@ -202,6 +202,7 @@ def test_readiness(answered: float | None, failed_at: float | None, now: float, 
     (failed(FailureKind.NO_VERDICT), False, True),
     (failed(FailureKind.STATUS_401), False, False),  # one route's key
     (failed(FailureKind.STATUS_429), False, False),  # a quota all replicas share
+    (failed(FailureKind.STATUS_4XX), False, False),  # that call's own (a client could send it)
 ])
 def test_which_calls_count_for_readiness(verdict: Verdict, answered: bool, failed: bool) -> None:
     health = LakeraHealth()

@@ -40,6 +40,8 @@ FAILED = Verdict(False, failure=Failure(lakera_status(500), "Lakera Guard return
         (("https://e/v2/guard", None, b"{}"), ("https://e/v2/guard", "", b"{}"), True),
         # a boundary between parts cannot move unnoticed
         (("ab", "c", b""), ("a", "bc", b""), False),
+        # a verdict got without checking Lakera's certificate is not one got with it
+        (("https://e/v2/guard", "k1", b"{}", False), ("https://e/v2/guard", "k1", b"{}"), False),
     ],
 )
 def test_key_covers_endpoint_key_and_body(a, b, same) -> None:

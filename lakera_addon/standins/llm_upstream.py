@@ -31,6 +31,7 @@ An exact answer, whatever the protocol (a hostile upstream's bytes, for the test
 
   x-standin-raw-b64: <base64 of the whole body>   sent as it is, chunked, status 200
   x-standin-raw-type: <content type>              (default application/json)
+  x-standin-raw-pace-ms: <N>                      one event or line per write, N ms apart
   x-standin-raw-encoding: <content coding>        a Content-Encoding header for it (the body
                                                   is sent as given: encode it yourself)
 
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import zlib
 from collections.abc import Iterator
@@ -219,7 +221,13 @@ class LLMUpstreamStandin(BackgroundServer):
         if test_id:
             self.sent[test_id] = bytearray(body)
         out.start(200, headers)
-        if body:
+        pace = request.headers.get("x-standin-raw-pace-ms")
+        if pace:  # one event (SSE) or line (NDJSON) per write, `pace` ms apart
+            for piece in re.split(rb"(?<=\n\n)" if b"\n\n" in body else rb"(?<=\n)", body):
+                if piece:
+                    time.sleep(int(pace) / 1000)
+                    out.chunk(piece)
+        elif body:
             out.chunk(body)
         out.end()
 

@@ -308,3 +308,32 @@ def test_a_request_the_relay_refuses_leaves_no_token_behind(clients: Clients, pr
     assert response.status_code == 400
     record = proxy.wait_for_record(c.id, lambda r: r["hook"] == "response")
     assert record["destination"] == f"127.0.0.1:{llm.port}" and not record["relay_token"]
+
+
+def choice_event(index: int, text: str) -> bytes:
+    choice = {"index": index, "delta": {"content": text}, "finish_reason": None}
+    return b"data: " + json.dumps({"id": "c1", "choices": [choice]}).encode() + b"\n\n"
+
+
+def test_the_held_tail_is_each_choices_own_when_choices_interleave(clients: Clients) -> None:
+    """With `n` = 2 the choices' deltas interleave: 200 characters of the second choice come
+    between each group of the first one's card number. A tail counted over both choices
+    would release the first groups ("4111 ") once the second choice's text passes them; the
+    tail held is each choice's own, so no digit goes out before the whole number is seen."""
+    c = clients.make("windowed")
+    groups = PII_TRIGGER.split(" ")
+    events = [choice_event(0, "x" * 300)]
+    for group in groups:
+        events += [choice_event(0, group + " "), choice_event(1, "y" * 200)]
+    body = b"".join(events) + chat_event("", "stop") + b"data: [DONE]\n\n"
+    response = c.http.post(f"{c.base}/v1/chat/completions", json={
+        "model": "m", "stream": True, "n": 2,
+        "messages": [{"role": "user", "content": f"hi {c.id}"}]}, headers={
+        "x-standin-raw-b64": base64.b64encode(body).decode(), "x-standin-raw-type": SSE,
+        "x-standin-raw-pace-ms": "20"})
+    received = "".join(
+        choice["delta"].get("content") or ""
+        for line in response.text.splitlines() if line.startswith("data: {")
+        for choice in json.loads(line[6:]).get("choices", []))
+    assert groups[0] not in received, received
+    assert DENY in received  # the cut ending
