@@ -25,6 +25,7 @@ from lakera_addon.standins.llm_upstream import LLMUpstreamStandin
 from tests.e2e.clients import Clients
 from tests.e2e.clients import ask
 from tests.e2e.conftest import LAKERA_KEY
+from tests.e2e.conftest import e2e_config
 from tests.e2e.conftest import route
 from tests.harness import Proxy
 from tests.harness import free_port
@@ -45,14 +46,8 @@ def own_lakera() -> Iterator[LakeraGuardStandin]:
 
 
 def config(lakera: LakeraGuardStandin) -> dict[str, Any]:
-    return {
-        "api_key": LAKERA_KEY,
-        "lakera_endpoint": f"{lakera.url}/v2/guard",
-        "direction": "both",
-        "timeout": 1000,
-        "routes": [route("m"), route("m-mask", direction="input",
-                                     detector_actions={"pii/*": "mask"})],
-    }
+    return {**e2e_config(lakera), "routes": [
+        route("m"), route("m-mask", direction="input", detector_actions={"pii/*": "mask"})]}
 
 
 class Scraper:
@@ -191,12 +186,12 @@ def test_readiness_follows_lakera(metered: tuple[Proxy, Scraper]) -> None:
         status, body = scraper.probe("/readyz")  # it answered since: ready at once
         assert status == 200 and body["reason"].startswith("Lakera Guard answered ")
 
+        asked_at = time.monotonic()  # the addon saw the failure after this (same clock)
         assert ask(c, "chat", False, f"lakera-500 {c.id}") == DENY
-        failed_at = time.monotonic()
         assert scraper.probe("/readyz")[0] == 503
         status, body = wait_until(lambda: (r := scraper.probe("/readyz"))[0] == 200 and r, 10,
                                   "/readyz to recover")
-        assert time.monotonic() - failed_at >= 2
+        assert time.monotonic() - asked_at >= 2
         assert "Lakera Guard's last failure was" in body["reason"]
         assert "(lakera_ready_failure_seconds=2)" in body["reason"]
     finally:
