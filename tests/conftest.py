@@ -14,7 +14,8 @@ HERE = Path(__file__).resolve().parent
 E2E = {HERE / "test_demo.py", HERE / "test_bench_smoke.py"}
 INTEGRATION = {HERE / "test_standins.py", HERE / "test_hooks_fuzz.py",
                HERE / "test_guard_hooks.py", HERE / "test_cli_allow_hosts.py",
-               HERE / "test_field_inventory.py"}
+               HERE / "test_field_inventory.py",
+               HERE / "test_deployment.py"}  # (runs the linters as processes)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
