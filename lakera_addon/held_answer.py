@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
 
@@ -18,16 +19,19 @@ from lakera_addon import lenient_json
 from lakera_addon import masking
 from lakera_addon import routing
 from lakera_addon.bodies import maybe_off_loop
+from lakera_addon.configuration import Settings
 from lakera_addon.decision import Decision
 from lakera_addon.decision import decide
 from lakera_addon.decision import decide_failure
 from lakera_addon.deny import build_deny
+from lakera_addon.extract import Message
 from lakera_addon.failures import CannotScreen
 from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
 from lakera_addon.failures import MaskError
 from lakera_addon.failures import TooDeep
 from lakera_addon.flow_state import FlowState
+from lakera_addon.lakera_client import LakeraClient
 from lakera_addon.llm_view_answer import keep_upstream
 from lakera_addon.verdict import Verdict
 from lakera_addon.verdicts import Verdicts
@@ -64,16 +68,9 @@ class HeldAnswer:
             self.verdicts.unscanned(flow, route, "response", "no assistant text")
             return
         parts = self.verdicts.answer_parts(flow, route, text)
-        verdict = await self.verdicts.lakera.screen_parts(settings, parts)
-        decision = decide(verdict, settings)
-        masked: Counter[str] | None = None
-        if decision.mask:
-            try:
-                if len(parts) > 1:
-                    raise MaskError("an answer screened in parts cannot be masked")
-                masked = self._mask(flow, state, text, document, verdict, visible)
-            except MaskError as e:
-                decision = decide_failure(e.failure("cannot mask: "), settings)
+        decision, verdict, masked = await screen_answer(
+            self.verdicts.lakera, settings, parts,
+            lambda v: self._mask(flow, state, text, document, v, visible))
         if decision.deny:  # first: what is recorded must have happened
             # what the upstream sent, for mitmweb's view (llm_view): the deny replaces it
             await keep_upstream(flow, state.protocol, state.candidates, settings.max_body_bytes)
@@ -168,6 +165,27 @@ class HeldAnswer:
         text = answer_text.with_hidden(answer_text.response_text(state.protocol, body.value),
                                        body.hidden_strings)
         return _Read(text, None, body.value, text)
+
+
+async def screen_answer(
+    lakera: LakeraClient, settings: Settings, parts: list[list[Message]],
+    mask: Callable[[Verdict], Counter[str]],
+) -> tuple[Decision, Verdict, Counter[str] | None]:
+    """Screen a whole answer's text (in `parts` past max_screen_bytes) and decide: (the
+    decision, the verdict, what `mask` replaced where the decision masks). An answer
+    screened in parts, or one `mask` cannot mask safely (MaskError), is a failure instead
+    (`fail_open`). The held answer's step and lakera.rescreen's (rescreen.py)."""
+    verdict = await lakera.screen_parts(settings, parts)
+    decision = decide(verdict, settings)
+    masked: Counter[str] | None = None
+    if decision.mask:
+        try:
+            if len(parts) > 1:
+                raise MaskError("an answer screened in parts cannot be masked")
+            masked = mask(verdict)
+        except MaskError as e:
+            decision = decide_failure(e.failure("cannot mask: "), settings)
+    return decision, verdict, masked
 
 
 def _read_json(content: bytes) -> lenient_json.LenientBody | None:

@@ -47,6 +47,7 @@ from lakera_addon.failures import MaskError
 from lakera_addon.failures import UnreadableBody
 from lakera_addon.flow_state import FlowState
 from lakera_addon.held_answer import HeldAnswer
+from lakera_addon.held_answer import screen_answer
 from lakera_addon.lakera_client import LakeraClient
 from lakera_addon.request_plan import ask_lakera
 from lakera_addon.request_plan import guessed_state
@@ -223,16 +224,9 @@ async def _response(
     parts: list[list[Message]] = [
         [{"role": "assistant", "content": part}]
         for part in screen_budget.split_text(text, settings.max_screen_bytes)]
-    verdict = await lakera.screen_parts(settings, parts)
-    decision = decide(verdict, settings)
-    masked: Counter[str] | None = None
-    if decision.mask:
-        try:
-            if len(parts) > 1:
-                raise MaskError("an answer screened in parts cannot be masked")
-            masked = _answer_masks(settings, text, document, visible, verdict)
-        except MaskError as e:
-            decision = decide_failure(e.failure("cannot mask: "), settings)
+    decision, verdict, masked = await screen_answer(
+        lakera, settings, parts,
+        lambda v: _answer_masks(settings, text, document, visible, v))
     return outcome("response", decision, verdict, masked)
 
 
