@@ -142,10 +142,22 @@ class LakeraGuardStandin(BackgroundServer):
         self.delay_s = 0.0  # added to every answer (benchmarks, pass-through timing)
         self.force_status: int | None = None
         self.calls = 0
+        self.in_flight = 0  # scans being answered now
+        self.peak_in_flight = 0  # the most answered at once: does the addon scan concurrently?
         self._failed_once: set[str] = set()
         self._lock = threading.Lock()
 
     def _app(self, request: Request, out: Writer) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            self._answer(request, out)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, request: Request, out: Writer) -> None:
         if request.method != "POST" or not request.path.split("?")[0].endswith("/guard"):
             out.send_json(404, {"error": "not found"})
             return

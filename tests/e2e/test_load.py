@@ -3,9 +3,10 @@
 Mixed protocols (OpenAI chat and responses, Anthropic messages), streamed and not, held routes
 (`block`, `alert`) and pass-through (`shadow` = alert + fail_open), about a quarter flagged (the
 prompt or the answer), half through the official async SDKs and half through raw `httpx`. The
-Lakera stand-in takes 300 ms per answer. Checked: every flow's outcome and verdicts; the whole
-run takes about as long as one flow (nothing serialises on mitmproxy's event loop); no task is
-left behind; mitmdump's memory returns near its level before the run.
+Lakera stand-in takes 300 ms per answer. Checked: every flow's outcome and verdicts; Lakera is
+sent the scans concurrently, and the whole run takes a small multiple of one flow (nothing
+serialises on mitmproxy's event loop); no task is left behind; mitmdump's memory returns near
+its level before the run.
 
 Marked `load`: deselected by default, run with `.venv/bin/pytest -m load` (`.ci/run` does)."""
 
@@ -47,13 +48,18 @@ REQUEST_DENY = "Request blocked by Lakera Guard"
 RESPONSE_DENY = "Response blocked by Lakera Guard"
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses",
          "anthropic": "/v1/messages"}
-# The run may take at most this many times one flow's time: a check that nothing serialises
-# (200 flows through a serialised Lakera call would take ~100x one flow), not a timing goal:
-# timing goals are the benchmark's (bench/). Measured on an idle 2-core machine: 2.7-2.8x, with
-# mitmdump using ~1.2 s of CPU for the 200 flows (most of it mitmproxy's own per-flow work) and
-# the clients and both stand-ins sharing the other core in this test's process; 4.6x while
-# other jobs loaded the machine.
-MAX_RATIO = 10.0
+# The Lakera stand-in must have been answering at least this many scans at once during the
+# 200-flow run: the check that the addon's Lakera calls do not queue behind each other (one at a
+# time would be 1; a small connection pool, its size). Measured: 110-150 on a 2-core machine.
+MIN_PEAK_SCANS = 20
+# The run may take at most this many times one flow's time: a coarse check that nothing
+# serialises on mitmproxy's event loop (the 400 scans of 300 ms one after another would be about
+# 190x one flow), not a timing goal: timing goals are the benchmark's (bench/). The ratio is
+# mostly this test process's own work: its one event loop builds 200 SDK requests and runs both
+# stand-ins' threads, so the first prompt reaches Lakera 1-1.5 s after the start. Measured on
+# 2-core machines: 2.7-2.8x on one (2026-11), 7-11x on a slower one, where mitmdump used 2.5-3.1 s
+# of CPU for the 200 flows and this process 2.2-2.5 s.
+MAX_RATIO = 30.0
 # mitmdump's RSS after the 200-flow run (and the addon's tasks ending) may exceed its level after
 # the 50-flow warm-up by at most this much. Measured on a 2-core machine: about 84 MiB after the
 # warm-up, 8-12 MiB more after the run (200 connections' buffers at once, and the allocator keeps
@@ -313,11 +319,15 @@ def test_200_concurrent_flows(proxy: Proxy, lakera: LakeraGuardStandin,
             baseline = proxy.rss_kib()
             flows = make_flows(FLOWS)
             cpu_before = cpu_seconds(proxy.process.pid)
+            own_cpu_before = time.process_time()
+            lakera.peak_in_flight = 0
             elapsed, results = await drive(drivers, flows)
             cpu = cpu_seconds(proxy.process.pid) - cpu_before
+            own_cpu = time.process_time() - own_cpu_before
             assert_outcomes(results, llm)
             return {"warmup": warmup, "singles": singles, "baseline": baseline,
-                    "flows": flows, "elapsed": elapsed, "results": results, "cpu": cpu}
+                    "flows": flows, "elapsed": elapsed, "results": results, "cpu": cpu,
+                    "own_cpu": own_cpu, "peak": lakera.peak_in_flight}
         finally:
             await drivers.close()
 
@@ -330,7 +340,8 @@ def test_200_concurrent_flows(proxy: Proxy, lakera: LakeraGuardStandin,
           f"{', '.join(f'{s * 1000:.0f}' for s in run['singles'])} ms); "
           f"{FLOWS} concurrent flows: {elapsed * 1000:.0f} ms (slowest flow "
           f"{slowest * 1000:.0f} ms); ratio {ratio:.2f}; mitmdump used {run['cpu']:.2f} s of "
-          f"CPU meanwhile")
+          f"CPU meanwhile, this test process {run['own_cpu']:.2f} s; Lakera answered up to "
+          f"{run['peak']} scans at once")
 
     wait_for_verdicts(proxy, run["warmup"] + run["flows"])
     wait_until(lambda: proxy.lakera_tasks() == 0, 10, "the addon's tasks to end")
@@ -343,4 +354,5 @@ def test_200_concurrent_flows(proxy: Proxy, lakera: LakeraGuardStandin,
     assert "Traceback" not in log and "Addon error" not in log, log[-3000:]
     assert proxy.lakera_tasks() == 0
     assert growth <= MAX_GROWTH_KIB, f"RSS grew by {growth / 1024:.1f} MiB"
+    assert run["peak"] >= MIN_PEAK_SCANS, f"Lakera answered at most {run['peak']} scans at once"
     assert ratio <= MAX_RATIO, f"{FLOWS} flows took {ratio:.2f} times one flow"
