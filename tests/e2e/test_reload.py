@@ -3,8 +3,8 @@ request is screened across any number of edits, new flows follow the new policy,
 finish under the old one, a bad edit keeps the old policy with one log line, and a Kubernetes
 ConfigMap's symlink swap is picked up. Each test runs its own mitmdump on a file in tmp_path.
 
-(`lakera.reload`, the command, cannot be typed into mitmdump: tests/test_config_watch.py calls
-it through mitmproxy's command manager.)"""
+(`lakera.reload`, the command, cannot be typed into mitmdump: tests/e2e/test_mitmweb_commands.py
+runs it from mitmweb's command API, tests/test_config_watch.py through the command manager.)"""
 
 from __future__ import annotations
 
