@@ -12,7 +12,7 @@ echo "[test] ruff check" >&2
 if [ "${1:-}" = "--quick" ]; then
   shift
   echo "[test] pytest, unit tests only (markers e2e, integration and load deselected)" >&2
-  exec .venv/bin/pytest -m "not e2e and not integration and not load" "$@"
+  exec .venv/bin/pytest --quick "$@"
 fi
 echo "[test] mypy" >&2
 .venv/bin/mypy

@@ -21,6 +21,7 @@ from lakera_addon.extract import request_candidates
 from lakera_addon.extract import sniff_candidates
 from lakera_addon.failures import FailureKind
 from lakera_addon.protocols import Protocol
+from tests.fuzz import examples
 
 NO_EVENTS = "no recognisable events in the stream"
 NOT_TERMINATED = "stream ended before its terminal event"
@@ -640,7 +641,7 @@ def test_reasons_never_quote_the_content() -> None:
 _BODIES = st.sampled_from([(s[1], s[2]) for s in STREAMS])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(case=_BODIES, data=st.data())
 def test_any_chunking_gives_the_same_result(
     case: tuple[Protocol, bytes], data: st.DataObject
@@ -663,7 +664,7 @@ _FRAGMENTS = st.sampled_from([
 ])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     protocol=st.sampled_from(protocols.ALL),
     chunks=st.lists(st.one_of(st.binary(max_size=40), st.lists(_FRAGMENTS, max_size=20)
@@ -825,7 +826,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(protocol=st.sampled_from(protocols.ALL), body=_JSON)
 def test_response_text_never_raises(protocol: Protocol, body: object) -> None:
     assert isinstance(response_text(protocol, body), str)

@@ -25,6 +25,7 @@ from lakera_addon.routing import detect_protocol
 from lakera_addon.routing import gemini_sse
 from lakera_addon.routing import guess_protocol
 from lakera_addon.routing import is_streamed_answer
+from tests.fuzz import examples
 
 CASES = [
     (
@@ -749,7 +750,7 @@ json_values = st.recursive(
 bodies = st.dictionaries(st.sampled_from(KEYS), json_values, max_size=6)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(protocol=st.sampled_from(protocols.ALL), body=bodies)
 def test_nothing_raises_but_body_shape_error(protocol, body) -> None:
     """Whatever the JSON: the extractors raise BodyShapeError or nothing; the tool definition

@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from lakera_addon.ndjson import NDJSONSplitter
+from tests.fuzz import examples
 
 BOM = b"\xef\xbb\xbf"
 
@@ -103,7 +104,7 @@ _PIECES = st.sampled_from([
 _BODIES = st.one_of(st.binary(max_size=300), st.lists(_PIECES, max_size=60).map(b"".join))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(body=_BODIES, data=st.data())
 def test_any_chunking_gives_the_same_lines(body: bytes, data: st.DataObject) -> None:
     cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=20)))

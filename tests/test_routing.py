@@ -15,6 +15,7 @@ from lakera_addon.routing import gemini_model
 from lakera_addon.routing import gemini_streams
 from lakera_addon.routing import guess_protocol
 from lakera_addon.routing import path_forms
+from tests.fuzz import examples
 
 CONFIG = parse_config({"api_key": "k", "routes": [
     {"name": "weak", "hosts": ["weak.example"], "action": "alert", "fail_open": True},
@@ -79,7 +80,7 @@ def test_gemini_method_and_model_in_any_case() -> None:
     assert gemini_model("/v1beta/models/Gemini%2D2:generateContent") == "Gemini-2"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=60))
 def test_path_forms_never_raise_and_are_lowercase(path: str) -> None:
     forms = path_forms(path)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from lakera_addon.extract import Message
 from lakera_addon.screen_budget import fit_request
 from lakera_addon.screen_budget import split_text
+from tests.fuzz import examples
 
 
 def m(role: str, size: int, tag: str = "") -> Message:
@@ -60,7 +61,7 @@ def test_split_text_table(text, limit, overlap, parts) -> None:
     assert split_text(text, limit, overlap) == parts
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.characters(), unique=True, max_size=300).map("".join),
        st.integers(8, 64), st.integers(0, 40))
 def test_split_text_covers_everything_within_the_limit(text, limit, overlap) -> None:
@@ -76,7 +77,7 @@ def test_split_text_covers_everything_within_the_limit(text, limit, overlap) -> 
     assert rebuilt == text
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(alphabet="ab", min_size=200, max_size=600), st.integers(40, 80))
 def test_a_phrase_shorter_than_the_overlap_is_whole_in_some_part(text, limit) -> None:
     phrase = "NEEDLE"

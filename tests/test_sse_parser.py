@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from lakera_addon.sse_parser import GeminiChunks
 from lakera_addon.sse_parser import SSEEvent
 from lakera_addon.sse_parser import SSEParser
+from tests.fuzz import examples
 
 
 def ev(
@@ -161,7 +162,7 @@ _PIECES = st.sampled_from([
 _STREAMS = st.one_of(st.binary(max_size=300), st.lists(_PIECES, max_size=60).map(b"".join))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(body=_STREAMS, data=st.data())
 def test_any_chunking_gives_the_same_events(body: bytes, data: st.DataObject) -> None:
     cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=20)))
@@ -169,7 +170,7 @@ def test_any_chunking_gives_the_same_events(body: bytes, data: st.DataObject) ->
     assert parse(chunks) == parse([body])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(chunks=st.lists(st.binary(max_size=64), max_size=20))
 def test_random_bytes_never_raise(chunks: list[bytes]) -> None:
     parser = SSEParser()
@@ -237,7 +238,7 @@ _GEMINI_FRAGMENTS = st.sampled_from([
 ])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(parts=st.lists(_GEMINI_FRAGMENTS, max_size=40), data=st.data())
 def test_gemini_chunks_are_google_genais(parts: list[bytes], data: st.DataObject) -> None:
     body = b"".join(parts)
