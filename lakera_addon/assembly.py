@@ -43,8 +43,6 @@ from lakera_addon.stream_events import SEPARATOR
 from lakera_addon.stream_events import Key
 from lakera_addon.stream_events import Texts
 from lakera_addon.stream_events import join_pieces
-from lakera_addon.stream_events import one_stream
-from lakera_addon.stream_events import per_choice
 from lakera_addon.stream_events import reader_for
 
 __all__ = ["SEPARATOR", "Key", "StreamAssembler", "StreamResult", "assemble", "incomplete",
@@ -111,8 +109,7 @@ class StreamAssembler:
 
     def __init__(self, protocol: Protocol, candidates: int = 1) -> None:
         self._protocol = protocol
-        self._texts = Texts(per_choice if protocol in (protocols.OPENAI_CHAT,
-                                                      protocols.GEMINI_GENERATE) else one_stream)
+        self._texts = Texts()
         self._reader = reader_for(protocol, self._texts, candidates)
         self._read = self._reader.handle if self._reader is not None else _no_reader
         self._parser = SSEParser()
@@ -132,13 +129,12 @@ class StreamAssembler:
         return self._texts.chars
 
     @property
-    def stream_chars(self) -> dict[int, int]:
-        """The text length so far of each stream of text (the choices or candidates that
-        interleave; one for the other protocols)."""
-        return self._texts.stream_chars
+    def part_chars(self) -> dict[Key, int]:
+        """Each part's text length so far (a choice's, a content block's, ...)."""
+        return self._texts.part_chars
 
-    def take_grown(self) -> dict[int, int]:
-        """The streams of text that grew since the last call, with their lengths now."""
+    def take_grown(self) -> dict[Key, int]:
+        """The parts whose text grew since the last call, with their lengths now."""
         return self._texts.take_grown()
 
     @property

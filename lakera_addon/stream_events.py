@@ -22,7 +22,6 @@ Gemini `error` a non-empty object; Ollama `error` a non-empty string.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Final
 
 from lakera_addon import answer_fields as fields
@@ -67,22 +66,10 @@ def join_pieces(pieces: dict[Key, list[str]], keys: set[Key] | None = None) -> s
     return SEPARATOR.join(text for text in texts if text)
 
 
-def one_stream(key: Key) -> int:
-    """All the parts of an answer come one after the other (a content block, an output item
-    or a message's reasoning ends before the next begins): one stream of text."""
-    return 0
-
-
-def per_choice(key: Key) -> int:
-    """The choices of `n` > 1 (openai-chat) and Gemini's candidates interleave: a stream of
-    text each (the first of a key is the choice's index)."""
-    return key[0]
-
-
 class Texts:
     """The texts of an answer, by part (key), and the snapshots that differ from them."""
 
-    def __init__(self, stream_of: Callable[[Key], int] = one_stream) -> None:
+    def __init__(self) -> None:
         self.pieces: dict[Key, list[str]] = {}
         self.answer_keys: set[Key] = set()  # the parts of the visible answer (not reasoning)
         self.extras: list[str] = []  # snapshots that differ from the deltas of their part
@@ -90,12 +77,11 @@ class Texts:
         self._measured: dict[Key, tuple[int, int]] = {}  # key -> (pieces measured, length)
         self.chars = 0  # the length of all of it, kept as it grows
         self.answer_chars = 0
-        # the length of each stream of text (`stream_of` a part: the choices that interleave)
-        # as it grows, and the streams grown since the last `take_grown` with their lengths
-        # now (windowed.py holds back the tail of each stream, not of all of them together)
-        self._stream_of = stream_of
-        self.stream_chars: dict[int, int] = {}
-        self.grown: dict[int, int] = {}
+        # each part's length as it grows (the snapshots that differ: part EXTRAS), and the
+        # parts grown since the last `take_grown` with their new lengths (windowed.py holds
+        # back the tail of each part, not of the whole)
+        self.part_chars: dict[Key, int] = {}
+        self.grown: dict[Key, int] = {}
 
     def add(self, key: Key, text: object, answer: bool = False) -> None:
         if not text or not isinstance(text, str):
@@ -124,13 +110,12 @@ class Texts:
         self._grow(EXTRAS, len(text))
 
     def _grow(self, key: Key, by: int) -> None:
-        stream = self._stream_of(key)
-        length = self.stream_chars.get(stream, 0) + by
-        self.stream_chars[stream] = length
-        self.grown[stream] = length
+        length = self.part_chars.get(key, 0) + by
+        self.part_chars[key] = length
+        self.grown[key] = length
 
-    def take_grown(self) -> dict[int, int]:
-        """The streams of text grown since the last call, with their lengths now."""
+    def take_grown(self) -> dict[Key, int]:
+        """The parts grown since the last call, with their lengths now."""
         grown, self.grown = self.grown, {}
         return grown
 

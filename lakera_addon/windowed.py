@@ -46,6 +46,7 @@ from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
 from lakera_addon.flow_state import FlowState
 from lakera_addon.llm_view_answer import keep_text
+from lakera_addon.stream_events import Key
 from lakera_addon.stream_framing import GeminiBoundary
 from lakera_addon.stream_framing import last_event_end
 from lakera_addon.stream_framing import last_line_end
@@ -68,7 +69,7 @@ FIRST_WINDOW_CHARS = 2 * TAIL_HELD_CHARS
 @dataclass(slots=True)
 class _Scan:
     upto: int  # the text length it covers
-    streams: dict[int, int]  # and each stream's (choice's, candidate's) length it covers
+    parts: dict[Key, int]  # and each part's (choice's, content block's) length it covers
     task: asyncio.Task[Verdict]
 
 
@@ -76,7 +77,7 @@ class _Scan:
 class _Held:
     event: bytes
     chars: int  # the text length after it
-    grown: dict[int, int]  # the streams whose text it carries, with their lengths after it
+    grown: dict[Key, int]  # the parts whose text it carries, with their lengths after it
 
 
 class WindowedRelease:
@@ -97,7 +98,7 @@ class WindowedRelease:
         self._held: deque[_Held] = deque()
         self._seen = 0
         self.clean = 0  # the text length covered by clean verdicts
-        self.clean_streams: dict[int, int] = {}  # and each stream's (released: all but its tail)
+        self.clean_parts: dict[Key, int] = {}  # and each part's (released: all but its tail)
         self.released = 0  # the text length the client has
         self.scans = 0
         self._sent_any = False
@@ -172,14 +173,14 @@ class WindowedRelease:
 
     def _releasable(self, held: _Held) -> bool:
         """Before the upstream ends, an event goes out when clean verdicts covered the text
-        up to its end and, in each stream of text it carries, TAIL_HELD_CHARS more of that
-        stream (the choices of `n` > 1 and Gemini's candidates interleave: a tail counted
-        over all of them would hold back little of each; stream_events.per_choice)."""
+        up to its end and, in each part whose text it carries, TAIL_HELD_CHARS more of that
+        part's text (per part: the choices of `n` > 1 or Gemini's candidates interleave, and
+        a tail counted over all of them would hold back little of each)."""
         if held.chars > self.clean:
             return False
-        clean = self.clean_streams
-        return all(length <= clean.get(stream, 0) - TAIL_HELD_CHARS
-                   for stream, length in held.grown.items())
+        clean = self.clean_parts
+        return all(length <= clean.get(key, 0) - TAIL_HELD_CHARS
+                   for key, length in held.grown.items())
 
     def _scan(self, upto: int) -> _Scan:
         settings = self.state.settings
@@ -188,7 +189,7 @@ class WindowedRelease:
         self.scans += 1
         task = asyncio.ensure_future(self.verdicts.lakera.screen_parts(
             settings, [[{"role": "assistant", "content": p}] for p in parts]))
-        return _Scan(upto, dict(self._assembler.stream_chars), task)
+        return _Scan(upto, dict(self._assembler.part_chars), task)
 
     def _ending(self, verdict: Verdict | None) -> bytes:
         state = self.state
@@ -272,8 +273,8 @@ class WindowedRelease:
             self.verdicts.count_failure(verdict.failure)
             return None
         self.clean = max(self.clean, scan.upto)  # (flagged by a detector that only alerts too)
-        for stream, length in scan.streams.items():
-            self.clean_streams[stream] = max(self.clean_streams.get(stream, 0), length)
+        for key, length in scan.parts.items():
+            self.clean_parts[key] = max(self.clean_parts.get(key, 0), length)
         await self._release(write)
         return None
 
