@@ -149,6 +149,16 @@ class StreamAssembler:
         return self._texts.answer_text
 
     @property
+    def answer_pieces(self) -> int:
+        """How many pieces of the visible answer have come so far."""
+        return len(self._texts.answer_arrival)
+
+    def answer_arrived(self, pieces: int) -> str:
+        """The first `pieces` pieces of the visible answer, in the order they came: the answer
+        text of the events released up to the one after which there were that many."""
+        return "".join(self._texts.answer_arrival[:pieces])
+
+    @property
     def terminated(self) -> bool:
         """The protocol's terminal event (or an error event) was seen; for Gemini, which has
         none, as many candidates as the request asked for have finished and none is still

@@ -77,6 +77,9 @@ class Texts:
         self._measured: dict[Key, tuple[int, int]] = {}  # key -> (pieces measured, length)
         self.chars = 0  # the length of all of it, kept as it grows
         self.answer_chars = 0
+        # the answer's pieces in the order they came (windowed.py: a cut ending repeats those
+        # of the events the client has, and only those)
+        self.answer_arrival: list[str] = []
         # each part's length as it grows (the snapshots that differ: part EXTRAS), and the
         # parts grown since the last `take_grown` with their new lengths (windowed.py holds
         # back the tail of each part, not of the whole)
@@ -96,6 +99,7 @@ class Texts:
         if answer:
             self.answer_chars += len(text)
             self.answer_keys.add(key)
+            self.answer_arrival.append(text)
 
     def snapshot(self, key: Key | None, text: object) -> None:
         """A text that should be the same as the deltas of part `key` (None: of no part)."""

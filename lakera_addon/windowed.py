@@ -77,6 +77,7 @@ class _Scan:
 class _Held:
     event: bytes
     chars: int  # the text length after it
+    answer_pieces: int  # the visible answer's pieces after it (StreamAssembler.answer_pieces)
     grown: dict[Key, int]  # the parts whose text it carries, with their lengths after it
 
 
@@ -100,6 +101,7 @@ class WindowedRelease:
         self.clean = 0  # the text length covered by clean verdicts
         self.clean_parts: dict[Key, int] = {}  # and each part's (released: all but its tail)
         self.released = 0  # the text length the client has
+        self.released_answer = 0  # the visible answer's pieces the client has
         self.scans = 0
         self._sent_any = False
         self.failed_scans: list[Failure] = []
@@ -142,7 +144,7 @@ class WindowedRelease:
                   else split_events(events, self.state.protocol in protocols.NDJSON))
         for event in pieces:
             self._assembler.feed(event)
-            self._held.append(_Held(event, self._assembler.chars, self._assembler.take_grown()))
+            self._held.append(self._holding(event))
 
     def _finish_reading(self) -> Failure | None:
         """The upstream ended: what is left after the last whole event is one more event,
@@ -154,8 +156,12 @@ class WindowedRelease:
             self._assembler.feed(rest)
         result = self._assembler.finish()
         if rest:
-            self._held.append(_Held(rest, self._assembler.chars, self._assembler.take_grown()))
+            self._held.append(self._holding(rest))
         return None if result.complete else result.failure
+
+    def _holding(self, event: bytes) -> _Held:
+        assembler = self._assembler
+        return _Held(event, assembler.chars, assembler.answer_pieces, assembler.take_grown())
 
     # --- releasing ---------------------------------------------------------------------------
 
@@ -167,6 +173,7 @@ class WindowedRelease:
             held = self._held.popleft()
             out += held.event
             self.released = held.chars
+            self.released_answer = held.answer_pieces
         if out:
             self._sent_any = True
             await write(bytes(out))
@@ -196,7 +203,7 @@ class WindowedRelease:
         try:
             return cut_ending(state.protocol, deny_text("response", verdict, state.settings),
                               self._assembler.last_text_event, state.model,
-                              sent_text=self._assembler.answer_text[:self.released])
+                              sent_text=self._assembler.answer_arrived(self.released_answer))
         except Exception:
             logger.exception("lakera_addon could not build a cut ending; sending the last resort")
             return last_resort_cut(state.protocol)

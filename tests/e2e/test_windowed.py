@@ -337,3 +337,150 @@ def test_the_held_tail_is_each_choices_own_when_choices_interleave(clients: Clie
         for choice in json.loads(line[6:]).get("choices", []))
     assert groups[0] not in received, received
     assert DENY in received  # the cut ending
+
+
+# --- red team, round 4 ---------------------------------------------------------------------
+
+def sse_event(payload: dict[str, Any], name: str | None = None) -> bytes:
+    head = f"event: {name}\n".encode() if name else b""
+    return head + b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def anthropic_delta(block: int, text: str) -> bytes:
+    return sse_event({"type": "content_block_delta", "index": block,
+                      "delta": {"type": "text_delta", "text": text}}, "content_block_delta")
+
+
+def interleaved_chat(groups: list[str]) -> bytes:
+    def delta(**fields: str) -> bytes:
+        return b"data: " + json.dumps({"id": "c1", "choices": [
+            {"index": 0, "delta": fields, "finish_reason": None}]}).encode() + b"\n\n"
+    events = [delta(content="x" * 300)]
+    for group in groups:
+        events += [delta(content=group + " "), delta(reasoning_content="y" * 200)]
+    return b"".join(events) + chat_event("", "stop") + b"data: [DONE]\n\n"
+
+
+def interleaved_anthropic(groups: list[str]) -> bytes:
+    events = [sse_event({"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [],
+        "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 1}}}, "message_start")]
+    events += [sse_event({"type": "content_block_start", "index": i, "content_block": {
+        "type": "text", "text": ""}}, "content_block_start") for i in (0, 1)]
+    events.append(anthropic_delta(0, "x" * 300))
+    for group in groups:
+        events += [anthropic_delta(0, group + " "), anthropic_delta(1, "y" * 200)]
+    events += [sse_event({"type": "content_block_stop", "index": i}, "content_block_stop")
+               for i in (0, 1)]
+    events += [sse_event({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                          "usage": {"output_tokens": 5}}, "message_delta"),
+               sse_event({"type": "message_stop"}, "message_stop")]
+    return b"".join(events)
+
+
+def interleaved_ollama(groups: list[str]) -> bytes:
+    def line(**message: str) -> bytes:
+        return json.dumps({"model": "m", "message": {"role": "assistant", **message},
+                           "done": False}).encode() + b"\n"
+    lines = [line(content="x" * 300)]
+    for group in groups:
+        lines += [line(content=group + " "), line(content="", thinking="y" * 200)]
+    return b"".join(lines) + ollama_line("", True) + b"\n"
+
+
+def chat_content(body: str) -> str:
+    return "".join(choice["delta"].get("content") or "" for line in body.splitlines()
+                   if line.startswith("data: {")
+                   for choice in json.loads(line[6:]).get("choices", []))
+
+
+def anthropic_text(body: str) -> str:
+    return "".join(json.loads(line[6:])["delta"].get("text", "") for line in body.splitlines()
+                   if line.startswith("data: {") and '"content_block_delta"' in line)
+
+
+def ollama_content(body: str) -> str:
+    return "".join(json.loads(line)["message"].get("content", "")
+                   for line in body.splitlines() if line.strip())
+
+
+INTERLEAVED_PARTS = {  # name: (path, content type, body of the groups, the client's text)
+    "chat: content with reasoning_content": (
+        "/v1/chat/completions", SSE, interleaved_chat, chat_content),
+    "anthropic: two text blocks": ("/v1/messages", SSE, interleaved_anthropic, anthropic_text),
+    "ollama: content with thinking": ("/api/chat", NDJSON, interleaved_ollama, ollama_content),
+}
+
+
+@pytest.mark.parametrize("name", list(INTERLEAVED_PARTS))
+def test_the_held_tail_is_each_parts_own_when_parts_of_one_answer_interleave(
+        clients: Clients, name: str) -> None:
+    """Two parts of one answer interleave (200 characters of the other part between each
+    group of a card number): the tail held is each part's own, so no digit goes out before
+    Lakera saw the whole number (counted per choice, 12 of the 16 digits went out)."""
+    path, content_type, build, client_text = INTERLEAVED_PARTS[name]
+    c = clients.make("windowed")
+    groups = PII_TRIGGER.split(" ")
+    response = c.http.post(f"{c.base}{path}", json={
+        "model": "m", "stream": True, "max_tokens": 5,
+        "messages": [{"role": "user", "content": f"hi {c.id}"}]}, headers={
+        "x-standin-raw-b64": base64.b64encode(build(groups)).decode(),
+        "x-standin-raw-type": content_type, "x-standin-raw-pace-ms": "20"})
+    received = client_text(response.text)
+    assert groups[0] not in received, received
+    assert DENY in received  # the cut ending
+
+
+def reasoning_then_flagged_message(tag: str) -> bytes:
+    """A reasoning model's Responses stream: a reasoning item (600 characters of summary),
+    then the message, whose 22nd word is flagged."""
+    numbers = iter(range(10_000))
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return sse_event({"type": kind, "sequence_number": next(numbers), **fields}, kind)
+
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "status": "in_progress",
+                "model": "m", "output": []}
+    events = [event("response.created", response=response),
+              event("response.output_item.added", output_index=0, item={
+                  "id": "rs_1", "type": "reasoning", "summary": []}),
+              event("response.reasoning_summary_part.added", item_id="rs_1", output_index=0,
+                    summary_index=0, part={"type": "summary_text", "text": ""})]
+    events += [event("response.reasoning_summary_text.delta", item_id="rs_1", output_index=0,
+                     summary_index=0, delta=f"thinking{i:03d} about it ") for i in range(30)]
+    events += [event("response.output_item.added", output_index=1, item={
+                   "id": "msg_1", "type": "message", "role": "assistant",
+                   "status": "in_progress", "content": []}),
+               event("response.content_part.added", item_id="msg_1", output_index=1,
+                     content_index=0, part={"type": "output_text", "text": "",
+                                            "annotations": []})]
+    answer = [f"{tag} ", *(f"answer{i:02d} " for i in range(20)), f"{ATTACK_TRIGGER} ",
+              *(f"after{i:02d} " for i in range(60))]
+    events += [event("response.output_text.delta", item_id="msg_1", output_index=1,
+                     content_index=0, delta=word, logprobs=[]) for word in answer]
+    events.append(event("response.completed", response={**response, "status": "completed"}))
+    return b"".join(events)
+
+
+def test_a_responses_cut_after_reasoning_repeats_only_the_answer_the_client_has(
+        clients: Clients) -> None:
+    """The cut ending's `response.incomplete` repeats the answer text the client has. It was
+    cut from the answer by the count of all the text released (reasoning too), so after a
+    reasoning item it carried the flagged words the client never got; the SDK hands that
+    text to its caller as `output_text`."""
+    c = clients.make("windowed")
+    body = reasoning_then_flagged_message(c.id)
+    headers = {"x-standin-raw-b64": base64.b64encode(body).decode(),
+               "x-standin-raw-type": SSE, "x-standin-raw-pace-ms": "5"}
+    raw = c.http.post(f"{c.base}/v1/responses", headers=headers,
+                      json={"model": "m", "input": f"hi {c.id}", "stream": True})
+    assert ATTACK_TRIGGER not in raw.text, raw.text[-2000:]
+    assert DENY in raw.text
+    final = None
+    for event in c.openai.responses.create(model="m", input=f"hi {c.id}", stream=True,
+                                           extra_headers=headers):
+        if event.type == "response.incomplete":
+            final = event.response
+    assert final is not None and final.status == "incomplete"
+    assert ATTACK_TRIGGER not in final.output_text and DENY in final.output_text
