@@ -150,9 +150,23 @@ def gemini_candidate_texts(candidate: dict[str, object]) -> list[tuple[int, str]
         if isinstance(part, dict):
             text = part.get("text")
             if isinstance(text, str) and text:
-                texts.append((GEMINI_THOUGHT if part.get("thought") is True else GEMINI_TEXT,
+                texts.append((GEMINI_THOUGHT if lax_bool(part.get("thought")) else GEMINI_TEXT,
                               text))
     return texts
+
+
+_TRUE_STRINGS: Final = frozenset({"1", "on", "t", "true", "y", "yes"})
+
+
+def lax_bool(value: object) -> bool:
+    """Whether a JSON value reads as true to pydantic's lax bool (google-genai's models): true,
+    1, 1.0, and "1", "on", "t", "true", "y", "yes" in any case (red team, round 5: `"thought":
+    1` is a thought to the SDK, which skips it in `chunk.text`)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value == 1
+    return isinstance(value, str) and value.strip().lower() in _TRUE_STRINGS
 
 
 def ollama_texts(payload: dict[str, object], chat: bool) -> list[tuple[int, str]]:

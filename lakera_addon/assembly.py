@@ -43,6 +43,7 @@ from lakera_addon.stream_events import SEPARATOR
 from lakera_addon.stream_events import Key
 from lakera_addon.stream_events import Texts
 from lakera_addon.stream_events import join_pieces
+from lakera_addon.stream_events import part_groups
 from lakera_addon.stream_events import reader_for
 
 __all__ = ["SEPARATOR", "Key", "StreamAssembler", "StreamResult", "assemble", "incomplete",
@@ -54,6 +55,7 @@ UNFINISHED: Final = "stream did not end"  # the connection closed (upstream or c
 NOT_JSON: Final = "event data is not JSON"
 NOT_OBJECT: Final = "event data is not a JSON object"
 EMBEDDINGS: Final = "embeddings answers do not stream"
+OUT_OF_ORDER: Final = "a part of the answer got text again after the next one began"
 
 _DONE_PROTOCOLS: Final = frozenset({protocols.OPENAI_CHAT, protocols.OPENAI_RESPONSES})
 
@@ -107,9 +109,12 @@ class StreamAssembler:
     """Feed the decoded bytes of a streamed answer (SSE, or NDJSON for Ollama's native API) in
     chunks; `finish()` gives its text."""
 
-    def __init__(self, protocol: Protocol, candidates: int = 1) -> None:
+    def __init__(self, protocol: Protocol, candidates: int = 1,
+                 parts_in_order: bool = False) -> None:
         self._protocol = protocol
-        self._texts = Texts()
+        # parts_in_order (windowed.py): which parts are closed, and whether one came back
+        self._texts = Texts(arrival=True,
+                            group_of=part_groups(protocol) if parts_in_order else None)
         self._reader = reader_for(protocol, self._texts, candidates)
         self._read = self._reader.handle if self._reader is not None else _no_reader
         self._parser = SSEParser()
@@ -148,6 +153,10 @@ class StreamAssembler:
         no snapshots): what a cut ending repeats as the text the client has."""
         return self._texts.answer_text
 
+    def views(self) -> list[tuple[Key, str]]:
+        """The parts of `text`, each with its key in `part_chars` (Texts.views)."""
+        return self._texts.views()
+
     @property
     def answer_pieces(self) -> int:
         """How many pieces of the visible answer have come so far."""
@@ -183,6 +192,29 @@ class StreamAssembler:
         else:
             for event in self._parser.feed(data):
                 self._data(event.data, event.event)
+
+    @property
+    def arrival_chars(self) -> int:
+        """The length of all the deltas so far in the order they came (Texts.arrival_chars)."""
+        return self._texts.arrival_chars
+
+    @property
+    def part_count(self) -> int:
+        """How many parts have text."""
+        return len(self._texts.pieces)
+
+    @property
+    def closed_parts(self) -> dict[Key, int]:
+        """With `parts_in_order`: the parts the next part of their group followed, with their
+        final lengths."""
+        return self._texts.closed
+
+    @property
+    def out_of_order(self) -> str | None:
+        """With `parts_in_order`: why the stream is not read as parts one after the other."""
+        if self._texts.resumed is None:
+            return None
+        return OUT_OF_ORDER
 
     @property
     def unreadable(self) -> str | None:
@@ -257,6 +289,8 @@ class StreamAssembler:
         self._read(payload, name)
         if texts.answer_chars != before:
             self.last_text_event = payload
+        if self._reader is not None and self._reader.odd is not None:
+            self._failure = self._reader.odd  # (nothing more is read: it fails as unreadable)
 
 
 def _no_reader(payload: dict[str, object], name: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from collections.abc import Iterable
 
 from lakera_addon import extract_anthropic
 from lakera_addon import extract_gemini
@@ -177,27 +178,38 @@ def request_streams(protocol: Protocol, body: dict[str, object], path: str = "")
 def request_candidates(protocol: Protocol, body: dict[str, object]) -> int:
     """How many answers the request asks for at once: Gemini's `generationConfig.
     candidateCount` (its streams have no terminal event: one is whole once that many
-    candidates finished); 1 otherwise."""
-    if protocol != protocols.GEMINI_GENERATE:
-        return 1
+    candidates finished), openai-chat's `n` (an answer's choice index must be below it); 1
+    otherwise. The largest the request names, however it is read."""
     counts = [1]
-    for config in fields(body, "generationConfig"):
-        for count in fields(config, "candidateCount"):
-            if isinstance(count, str) and count.isdecimal():  # proto3 JSON also takes "2"
-                count = int(count)
-            if isinstance(count, int) and not isinstance(count, bool):
-                counts.append(count)
+    if protocol == protocols.GEMINI_GENERATE:
+        for config in fields(body, "generationConfig"):
+            counts += _counts(fields(config, "candidateCount"))
+    elif protocol == protocols.OPENAI_CHAT:
+        counts += _counts(fields(body, "n"))
     return max(counts)
 
 
+def _counts(values: Iterable[object]) -> list[int]:
+    found = []
+    for count in values:
+        if isinstance(count, str) and count.isdecimal() and len(count) < 7:  # proto3: "2"
+            count = int(count)
+        if isinstance(count, int) and not isinstance(count, bool):
+            found.append(count)
+    return found
+
+
 _CANDIDATE_COUNT = re.compile(rb'(?<!\\)"candidate(?:Count|_count)"\s*:\s*"?(\d{1,6})')
+_CHOICE_COUNT = re.compile(rb'(?<!\\)"n"\s*:\s*"?(\d{1,6})')
 
 
 def sniff_candidates(protocol: Protocol, raw: bytes) -> int:
     """`request_candidates` for a body the addon does not parse (too large or too deep)."""
-    if protocol != protocols.GEMINI_GENERATE:
+    pattern = {protocols.GEMINI_GENERATE: _CANDIDATE_COUNT,
+               protocols.OPENAI_CHAT: _CHOICE_COUNT}.get(protocol)
+    if pattern is None:
         return 1
-    counts = [int(m.group(1)) for m in _CANDIDATE_COUNT.finditer(raw)]
+    counts = [int(m.group(1)) for m in pattern.finditer(raw)]
     return max([1, *counts])
 
 

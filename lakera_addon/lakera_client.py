@@ -32,6 +32,8 @@ from lakera_addon.verdict import merge
 from lakera_addon.verdict_cache import VerdictCache
 from lakera_addon.verdict_cache import cache_key
 
+PARTS_AT_ONCE = 4  # calls of one screen_parts in flight at once
+
 
 def build_payload(settings: Settings, messages: Sequence[Message]) -> dict[str, Any]:
     payload: dict[str, Any] = {"messages": list(messages), "breakdown": True}
@@ -172,10 +174,18 @@ class LakeraClient:
     async def screen_parts(
         self, settings: Settings, parts: Sequence[Sequence[Message]]
     ) -> Verdict:
-        """Screen several message lists at once (an answer larger than one call may carry)."""
+        """Screen several message lists (an answer larger than one call may carry), at most
+        PARTS_AT_ONCE at a time: one flow's large answer must not take the connections (and,
+        with its calls' timeouts counting while they wait, the verdicts) of the others."""
         if len(parts) == 1:
             return await self.screen(settings, parts[0])
-        return merge(await asyncio.gather(*(self.screen(settings, p) for p in parts)))
+        gate = asyncio.Semaphore(PARTS_AT_ONCE)
+
+        async def one(part: Sequence[Message]) -> Verdict:
+            async with gate:
+                return await self.screen(settings, part)
+
+        return merge(await asyncio.gather(*(one(p) for p in parts)))
 
     async def screen_tool_set(
         self, settings: Settings, set_key: bytes, parts: Sequence[Sequence[Message]]

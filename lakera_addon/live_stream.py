@@ -225,8 +225,9 @@ class LiveStream:
             reporting.coverage(flow, route, "response",
                                f"stream ended early ({result.reason}); screened the "
                                f"{len(text)} characters received")
-        parts = screen_budget.window_parts(text, tap.clean_chars,
-                                           route.settings.max_screen_bytes)
+        # all of it, in parts: past max_screen_bytes the windows' offsets follow the whole
+        # text's count, and a part that grew after a later one would lie before them
+        parts = screen_budget.split_text(text, route.settings.max_screen_bytes)
         verdict = await verdicts.lakera.screen_parts(
             route.settings, [[{"role": "assistant", "content": p}] for p in parts])
         decision = decide(verdict, route.settings)

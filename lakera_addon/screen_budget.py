@@ -14,10 +14,13 @@ Sizes are UTF-8 bytes of the text (a lone surrogate, which JSON allows, counts a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lakera_addon.extract import Message
+from lakera_addon.stream_events import SEPARATOR
+from lakera_addon.stream_events import Key
 
 PART_OVERLAP_BYTES = 2000
 
@@ -94,6 +97,41 @@ def batches(messages: Sequence[Message], limit: int) -> list[list[Message]] | No
         size += length
     return packed
 
+
+
+def window_views(text: str, views: Sequence[tuple[Key, str]], clean: Mapping[Key, int],
+                 limit: int) -> list[str]:
+    """What to screen of a growing answer (`stream_mode: windowed`): all of `text` while it
+    fits one call; past that, of each of its views (the parts, the snapshots, the answer in
+    the order it came: Texts.views) the text from a little before where the clean scans
+    reached in it (`clean`: each view's length they covered), in parts that each fit. Each
+    view is counted on its own, so a part that grows after a later one (interleaved choices
+    or blocks, reasoning after the answer) is screened where it grew."""
+    parts = split_text(text, limit)
+    if len(parts) == 1:
+        return parts
+    slices = [view[max(0, clean.get(key, 0) - PART_OVERLAP_BYTES):]
+              for key, view in views if len(view) > clean.get(key, 0)]
+    return pack(slices, limit) or parts[-1:]  # (nothing new: a scan is only asked after growth)
+
+
+def pack(texts: Sequence[str], limit: int) -> list[str]:
+    """`texts` in as few parts of at most `limit` UTF-8 bytes as they fit, joined with a blank
+    line (a text larger than `limit` split as split_text does)."""
+    packed: list[str] = []
+    current: list[str] = []
+    size = 0
+    for text in texts:
+        for piece in split_text(text, limit):
+            length = len(piece.encode("utf-8", "surrogatepass")) + len(SEPARATOR)
+            if current and size + length > limit:
+                packed.append(SEPARATOR.join(current))
+                current, size = [], 0
+            current.append(piece)
+            size += length
+    if current:
+        packed.append(SEPARATOR.join(current))
+    return packed
 
 
 def window_parts(text: str, clean_chars: int, limit: int) -> list[str]:

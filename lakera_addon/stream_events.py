@@ -22,6 +22,7 @@ Gemini `error` a non-empty object; Ollama `error` a non-empty string.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from lakera_addon import answer_fields as fields
@@ -32,6 +33,33 @@ SEPARATOR: Final = "\n\n"
 
 Key = tuple[int, int, int]
 EXTRAS: Key = (-1, -1, -1)  # the part of the snapshots that differ from their deltas
+# Views of the deltas in the order they came, each screened once its kind has more than one
+# part. A client that prints deltas as they come joins the parts in that order, so a phrase two
+# parts split, or that interleaved parts interleave, is whole there and in no part: the answer's
+# (anthropic's `text_stream`, `chunk.choices[0].delta.content`, google-genai's `chunk.text`,
+# Responses' `output_text.delta` events), the others' (a reasoning display: thinking blocks,
+# summary parts), and all of them (a client that prints reasoning and answer as they come).
+ARRIVAL: Key = (-2, -2, -2)  # the answer's
+OTHER_ARRIVAL: Key = (-3, -3, -3)  # the reasoning's, thinking's, summaries', transcripts'
+ALL_ARRIVAL: Key = (-4, -4, -4)  # all of them
+
+
+class _ArrivalView:
+    """The deltas of one kind of part (the answer's, the others', all) in the order they
+    came; screened as a view of its own (`key`) once it differs from each part and from the
+    other views (from its second part on; all of them: once there are answer and other
+    parts)."""
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.parts: set[Key] = set()
+        self.pieces: list[str] = []
+        self.chars = 0
+        self.active = False  # screened: it differs from every part, and from the other views
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces) if self.active else ""
 
 _RESPONSES_TERMINAL: Final = frozenset(
     {"response.completed", "response.failed", "response.incomplete"}
@@ -58,6 +86,25 @@ _AUDIO: Final = 1 << 62  # the Responses audio transcript: after every output it
 _STRAY: Final = 1 << 61  # anthropic deltas for a block the SDK has not got
 
 
+def one_stream(key: Key) -> int:
+    """The parts of an answer come one after the other (a content block, an output item or a
+    message's reasoning ends before the next begins): one group."""
+    return 0
+
+
+def per_choice(key: Key) -> int:
+    """The choices of `n` > 1 (openai-chat) and Gemini's candidates interleave: a group each
+    (the first of a key is the choice's index); the parts of one come one after the other."""
+    return key[0]
+
+
+def part_groups(protocol: Protocol) -> Callable[[Key], int]:
+    """The groups of parts of a protocol's answer within which parts come one after the
+    other."""
+    return per_choice if protocol in (protocols.OPENAI_CHAT, protocols.GEMINI_GENERATE) \
+        else one_stream
+
+
 def join_pieces(pieces: dict[Key, list[str]], keys: set[Key] | None = None) -> str:
     """The pieces' texts, each key's concatenated, keys in order, joined with a blank line;
     only those of `keys` when given."""
@@ -69,7 +116,16 @@ def join_pieces(pieces: dict[Key, list[str]], keys: set[Key] | None = None) -> s
 class Texts:
     """The texts of an answer, by part (key), and the snapshots that differ from them."""
 
-    def __init__(self) -> None:
+    def __init__(self, arrival: bool = False,
+                 group_of: Callable[[Key], int] | None = None) -> None:
+        self._arrival = arrival  # the ARRIVAL view (streams; a JSON answer has no order)
+        # with `group_of` (windowed.py): the parts of a group come one after the other; a part
+        # is closed, with its final length, once the next part of its group has text, and a
+        # closed part that gets text again is `resumed` (the stream is not read as it should)
+        self._group_of = group_of
+        self._current: dict[int, Key] = {}
+        self.closed: dict[Key, int] = {}
+        self.resumed: Key | None = None
         self.pieces: dict[Key, list[str]] = {}
         self.answer_keys: set[Key] = set()  # the parts of the visible answer (not reasoning)
         self.extras: list[str] = []  # snapshots that differ from the deltas of their part
@@ -77,9 +133,12 @@ class Texts:
         self._measured: dict[Key, tuple[int, int]] = {}  # key -> (pieces measured, length)
         self.chars = 0  # the length of all of it, kept as it grows
         self.answer_chars = 0
-        # the answer's pieces in the order they came (windowed.py: a cut ending repeats those
-        # of the events the client has, and only those)
-        self.answer_arrival: list[str] = []
+        # the answer's pieces and the others' in the order they came (ARRIVAL, OTHER_ARRIVAL;
+        # windowed.py: a cut ending repeats the answer's of the events the client has)
+        self._answer_view = _ArrivalView(ARRIVAL)
+        self._other_view = _ArrivalView(OTHER_ARRIVAL)
+        self._all_view = _ArrivalView(ALL_ARRIVAL)
+        self.answer_arrival = self._answer_view.pieces
         # each part's length as it grows (the snapshots that differ: part EXTRAS), and the
         # parts grown since the last `take_grown` with their new lengths (windowed.py holds
         # back the tail of each part, not of the whole)
@@ -96,10 +155,22 @@ class Texts:
             pieces.append(text)
         self.chars += len(text)
         self._grow(key, len(text))
+        if self._group_of is not None:
+            self._follow(key)
         if answer:
             self.answer_chars += len(text)
             self.answer_keys.add(key)
-            self.answer_arrival.append(text)
+        kind = self._answer_view if answer else self._other_view
+        for view in (kind, self._all_view):
+            view.pieces.append(text)
+            view.parts.add(key)
+            view.chars += len(text)
+            if view.active:
+                self._grow(view.key, len(text))
+            elif self._arrival and len(view.parts) > 1 and (
+                    view is kind or (self._answer_view.parts and self._other_view.parts)):
+                view.active = True  # whole at first
+                self._grow(view.key, view.chars)
 
     def snapshot(self, key: Key | None, text: object) -> None:
         """A text that should be the same as the deltas of part `key` (None: of no part)."""
@@ -112,6 +183,18 @@ class Texts:
         self.extras.append(text)
         self.chars += len(text)
         self._grow(EXTRAS, len(text))
+
+    def _follow(self, key: Key) -> None:
+        assert self._group_of is not None
+        group = self._group_of(key)
+        current = self._current.get(group)
+        if current == key:
+            return
+        if key in self.closed and self.resumed is None:
+            self.resumed = key
+        if current is not None:
+            self.closed[current] = self.part_chars[current]
+        self._current[group] = key
 
     def _grow(self, key: Key, by: int) -> None:
         length = self.part_chars.get(key, 0) + by
@@ -136,9 +219,32 @@ class Texts:
         return length
 
     @property
+    def arrival_chars(self) -> int:
+        """The length of all the deltas so far, in the order they came (ALL_ARRIVAL's, whether
+        it is screened as a view of its own or, with parts of one kind only, as that kind's)."""
+        return self._all_view.chars
+
+    def _arrival_views(self) -> list[tuple[Key, str]]:
+        """ARRIVAL, OTHER_ARRIVAL and ALL_ARRIVAL, once each has more than one part (streams
+        only)."""
+        if not self._arrival:
+            return []
+        return [(view.key, view.text)
+                for view in (self._answer_view, self._other_view, self._all_view)]
+
+    @property
     def text(self) -> str:
         joined = join_pieces(self.pieces)
-        return SEPARATOR.join(t for t in (joined, *self.extras) if t)
+        arrivals = (text for _, text in self._arrival_views())
+        return SEPARATOR.join(t for t in (joined, *self.extras, *arrivals) if t)
+
+    def views(self) -> list[tuple[Key, str]]:
+        """What `text` is made of, each with the key its length is counted under in
+        `part_chars` (windowed.py screens each from where its clean scans reached, once all
+        of it no longer fits one call); only the ones with text."""
+        found = [(key, "".join(self.pieces[key])) for key in sorted(self.pieces)]
+        found += [(EXTRAS, SEPARATOR.join(self.extras)), *self._arrival_views()]
+        return [(key, text) for key, text in found if text]
 
     @property
     def answer_text(self) -> str:
@@ -152,6 +258,9 @@ class EventReader:
         self.texts = texts
         self.ended = False  # the terminal event (or an error event) was seen
         self.errored = False
+        # why the stream is not one of the answer asked for (a choice or candidate index the
+        # request did not ask for): read as unreadable, so a fail-closed route cuts or denies
+        self.odd: str | None = None
 
     @property
     def terminated(self) -> bool:
@@ -171,7 +280,14 @@ def _kind(payload: dict[str, object], name: str) -> str:
 
 
 class ChatReader(EventReader):
-    """openai-chat: `choices[].delta` per choice `index`; terminal `data: [DONE]` (framing)."""
+    """openai-chat: `choices[].delta` per choice `index`; terminal `data: [DONE]` (framing).
+    An index outside the `n` choices the request asked for is odd: a client's
+    `chunk.choices[0].delta.content` shows it as the first choice's, the SDK's stream helper
+    reads -1 as its last choice, and the parts would no longer be what the client joins."""
+
+    def __init__(self, texts: Texts, choices: int = 1) -> None:
+        super().__init__(texts)
+        self._choices = choices
 
     def handle(self, payload: dict[str, object], name: str) -> None:
         error = payload.get("error")
@@ -187,6 +303,8 @@ class ChatReader(EventReader):
             at = choice.get("index", 0)
             if type(at) is not int:
                 at = 0
+            if not 0 <= at < self._choices and self.odd is None:
+                self.odd = f"a choice the request did not ask for (index {str(at)[:20]})"
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 content = delta.get("content")
@@ -314,6 +432,9 @@ class GeminiReader(EventReader):
         if isinstance(error, dict) and error:  # Gemini's error envelope, sent as an event
             self._error()
         seen, finished = gemini_chunk(self.texts, payload)
+        if self.odd is None and any(not 0 <= at < self._candidates for at in seen):
+            # google-genai's `chunk.text` is the first candidate's, whatever its index
+            self.odd = "a candidate the request did not ask for"
         self._finished |= finished
         self._open = (self._open | seen) - self._finished
         feedback = payload.get("promptFeedback")
@@ -361,7 +482,7 @@ class OllamaReader(EventReader):
 def reader_for(protocol: Protocol, texts: Texts, candidates: int = 1) -> EventReader | None:
     """The event reader of a protocol that streams; None for one that does not (embeddings)."""
     if protocol == protocols.OPENAI_CHAT:
-        return ChatReader(texts)
+        return ChatReader(texts, candidates)
     if protocol == protocols.ANTHROPIC_MESSAGES:
         return AnthropicReader(texts)
     if protocol == protocols.OPENAI_RESPONSES:

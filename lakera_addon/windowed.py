@@ -3,8 +3,9 @@ verdict covered (SPEC section 5, stream modes).
 
 The relay (relay.py) reads the upstream's answer and hands its body here; this writes to the
 client only whole events (SSE) or lines (NDJSON) whose text lies inside the text already screened
-clean. Each scan covers all the text so far (within `max_screen_bytes`, screen_budget.
-window_parts), so a phrase split across two windows is judged whole. A scan starts as soon as
+clean. Each scan covers all the text so far (past `max_screen_bytes`, of each part what
+follows a little before where its clean scans reached: screen_budget.window_views), so a phrase
+split across two windows is judged whole. A scan starts as soon as
 none is in flight and `window_chars` of new text is waiting; the first at FIRST_WINDOW_CHARS
 when that is smaller, so the first words do not wait for a whole window (a smaller first
 window would release nothing: the last TAIL_HELD_CHARS a scan covers stay held). When the
@@ -64,12 +65,19 @@ _INPUT_SLICE = 1024  # compressed input decoded per step: bounds one step's outp
 TAIL_HELD_CHARS = 128
 # The first window: what lets TAIL_HELD_CHARS go out at once, or window_chars if that is less.
 FIRST_WINDOW_CHARS = 2 * TAIL_HELD_CHARS
+# The most parts (choices, blocks, items, candidates and their reasoning) a windowed answer may
+# have: past max_screen_bytes each part is screened where it grew, so a stream of thousands of
+# parts would make each scan that many slices (red-team round 5). OpenAI's `n` is at most 128.
+MAX_PARTS = 300
+TOO_MANY_PARTS = f"more than {MAX_PARTS} parts (choices, blocks, items) in one answer"
 
 
 @dataclass(slots=True)
 class _Scan:
     upto: int  # the text length it covers
     parts: dict[Key, int]  # and each part's (choice's, content block's) length it covers
+    arrival: int  # and the length of all the deltas in the order they came
+    closed: frozenset[Key]  # the parts closed when it started: it saw what follows them
     task: asyncio.Task[Verdict]
 
 
@@ -78,6 +86,7 @@ class _Held:
     event: bytes
     chars: int  # the text length after it
     answer_pieces: int  # the visible answer's pieces after it (StreamAssembler.answer_pieces)
+    arrival: int  # all the deltas' length after it, in the order they came
     grown: dict[Key, int]  # the parts whose text it carries, with their lengths after it
 
 
@@ -90,7 +99,8 @@ class WindowedRelease:
         self.state = state
         self.verdicts = verdicts
         self._decode = make_decoder(content_encoding)  # ValueError: not a coding it reads
-        self._assembler = StreamAssembler(state.protocol, state.candidates)
+        self._assembler = StreamAssembler(state.protocol, state.candidates,
+                                          parts_in_order=True)
         self._boundary: Callable[[bytes | bytearray], int] = (
             last_line_end if state.protocol in protocols.NDJSON
             else GeminiBoundary() if state.protocol == protocols.GEMINI_GENERATE
@@ -100,6 +110,8 @@ class WindowedRelease:
         self._seen = 0
         self.clean = 0  # the text length covered by clean verdicts
         self.clean_parts: dict[Key, int] = {}  # and each part's (released: all but its tail)
+        self.clean_arrival = 0  # and of all the deltas in the order they came
+        self.clean_closed: set[Key] = set()  # parts whose closing a clean scan saw
         self.released = 0  # the text length the client has
         self.released_answer = 0  # the visible answer's pieces the client has
         self.scans = 0
@@ -133,7 +145,9 @@ class WindowedRelease:
         except Exception as e:
             return Failure(FailureKind.STREAM_UNREADABLE,
                            f"cannot read the stream: {type(e).__name__}")
-        problem = self._assembler.unreadable  # (the text count would stop growing)
+        # (the text count would stop growing; a part come back would get its tail released)
+        problem = self._assembler.unreadable or self._assembler.out_of_order or (
+            TOO_MANY_PARTS if self._assembler.part_count > MAX_PARTS else None)
         return Failure(FailureKind.STREAM_UNREADABLE, problem) if problem else None
 
     def _feed(self, events: bytes) -> None:
@@ -157,11 +171,14 @@ class WindowedRelease:
         result = self._assembler.finish()
         if rest:
             self._held.append(self._holding(rest))
+        if result.complete and self._assembler.out_of_order:
+            return Failure(FailureKind.STREAM_UNREADABLE, self._assembler.out_of_order)
         return None if result.complete else result.failure
 
     def _holding(self, event: bytes) -> _Held:
         assembler = self._assembler
-        return _Held(event, assembler.chars, assembler.answer_pieces, assembler.take_grown())
+        return _Held(event, assembler.chars, assembler.answer_pieces, assembler.arrival_chars,
+                     assembler.take_grown())
 
     # --- releasing ---------------------------------------------------------------------------
 
@@ -181,22 +198,39 @@ class WindowedRelease:
     def _releasable(self, held: _Held) -> bool:
         """Before the upstream ends, an event goes out when clean verdicts covered the text
         up to its end and, in each part whose text it carries, TAIL_HELD_CHARS more of that
-        part's text (per part: the choices of `n` > 1 or Gemini's candidates interleave, and
-        a tail counted over all of them would hold back little of each)."""
+        part's text. Per part: parts may interleave (the choices of `n` > 1, Gemini's
+        candidates, a hostile upstream's reasoning and content), and a tail counted over
+        several would let one part's tail go as another grew, which Lakera sees elsewhere.
+
+        A part is closed once the next part of its choice begins (the answer after the
+        reasoning). Its tail goes out when a clean scan that started after that covered all
+        of it and TAIL_HELD_CHARS of the deltas that came after it (screened in the order
+        they came: what a client that prints them shows joined), so the answer streams on
+        after the reasoning. A closed part that gets text again is cut (StreamAssembler.
+        out_of_order)."""
         if held.chars > self.clean:
             return False
-        clean = self.clean_parts
-        return all(length <= clean.get(key, 0) - TAIL_HELD_CHARS
-                   for key, length in held.grown.items())
+        clean, closed = self.clean_parts, self._assembler.closed_parts
+        for key, length in held.grown.items():
+            covered = clean.get(key, 0)
+            if length <= covered - TAIL_HELD_CHARS:
+                continue
+            final = closed.get(key)
+            if (final is None or covered < final or key not in self.clean_closed
+                    or held.arrival > self.clean_arrival - TAIL_HELD_CHARS):
+                return False
+        return True
 
     def _scan(self, upto: int) -> _Scan:
         settings = self.state.settings
-        text = self._assembler.text
-        parts = screen_budget.window_parts(text, self.clean, settings.max_screen_bytes)
+        assembler = self._assembler
+        parts = screen_budget.window_views(assembler.text, assembler.views(), self.clean_parts,
+                                           settings.max_screen_bytes)
         self.scans += 1
         task = asyncio.ensure_future(self.verdicts.lakera.screen_parts(
             settings, [[{"role": "assistant", "content": p}] for p in parts]))
-        return _Scan(upto, dict(self._assembler.part_chars), task)
+        return _Scan(upto, dict(assembler.part_chars), assembler.arrival_chars,
+                     frozenset(assembler.closed_parts), task)
 
     def _ending(self, verdict: Verdict | None) -> bytes:
         state = self.state
@@ -282,6 +316,8 @@ class WindowedRelease:
         self.clean = max(self.clean, scan.upto)  # (flagged by a detector that only alerts too)
         for key, length in scan.parts.items():
             self.clean_parts[key] = max(self.clean_parts.get(key, 0), length)
+        self.clean_arrival = max(self.clean_arrival, scan.arrival)
+        self.clean_closed |= scan.closed
         await self._release(write)
         return None
 

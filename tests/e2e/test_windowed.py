@@ -414,11 +414,13 @@ INTERLEAVED_PARTS = {  # name: (path, content type, body of the groups, the clie
 
 
 @pytest.mark.parametrize("name", list(INTERLEAVED_PARTS))
-def test_the_held_tail_is_each_parts_own_when_parts_of_one_answer_interleave(
-        clients: Clients, name: str) -> None:
+def test_parts_of_one_answer_that_interleave_are_cut(clients: Clients, name: str) -> None:
     """Two parts of one answer interleave (200 characters of the other part between each
-    group of a card number): the tail held is each part's own, so no digit goes out before
-    Lakera saw the whole number (counted per choice, 12 of the 16 digits went out)."""
+    group of a card number). A part is closed once the next one begins, and its held tail
+    goes out once all of it was screened clean; a part that comes back after that is a
+    stream not read as it should: cut. The client gets at most the first group, screened
+    clean as the end of its part, never the number (a tail counted over the whole answer let
+    12 of the 16 digits out)."""
     path, content_type, build, client_text = INTERLEAVED_PARTS[name]
     c = clients.make("windowed")
     groups = PII_TRIGGER.split(" ")
@@ -428,8 +430,36 @@ def test_the_held_tail_is_each_parts_own_when_parts_of_one_answer_interleave(
         "x-standin-raw-b64": base64.b64encode(build(groups)).decode(),
         "x-standin-raw-type": content_type, "x-standin-raw-pace-ms": "20"})
     received = client_text(response.text)
-    assert groups[0] not in received, received
+    assert " ".join(groups[:2]) not in received, received
     assert DENY in received  # the cut ending
+
+
+def test_reasoning_then_the_answer_stream_on_without_waiting_for_the_end(
+        clients: Clients) -> None:
+    """A reasoning model's deltas (`reasoning_content`) come before its answer's: once the
+    answer begins the reasoning is closed, and its held tail goes out with the first clean
+    scan that covered all of it, so the answer streams on. (Held until its part grew 128 more
+    characters, the reasoning's last characters, and every event after them, waited for the
+    upstream's end.)"""
+    c = clients.make("windowed")
+    events = [b"data: " + json.dumps({"id": "c1", "choices": [{"index": 0, "delta": {
+        "reasoning_content": "r" * 19 + " "}}]}).encode() + b"\n\n" for _ in range(15)]
+    events += [choice_event(0, f"answer{i:03d} ") for i in range(60)]  # 600 characters
+    body = b"".join(events) + chat_event("", "stop") + b"data: [DONE]\n\n"
+    started = time.monotonic()
+    arrivals: list[tuple[float, bytes]] = []
+    with c.http.stream("POST", f"{c.base}/v1/chat/completions", json={
+            "model": "m", "stream": True,
+            "messages": [{"role": "user", "content": f"hi {c.id}"}]}, headers={
+            "x-standin-raw-b64": base64.b64encode(body).decode(), "x-standin-raw-type": SSE,
+            "x-standin-raw-pace-ms": "25"}) as response:
+        for chunk in response.iter_raw():
+            arrivals.append((time.monotonic() - started, chunk))
+    received = b"".join(chunk for _, chunk in arrivals)
+    assert b"answer059" in received and b"[DONE]" in received
+    first_answer = next(at for at, chunk in arrivals if b"answer" in chunk)
+    end = arrivals[-1][0]
+    assert end - first_answer > 0.5, (first_answer, end)  # released while the upstream went on
 
 
 def reasoning_then_flagged_message(tag: str) -> bytes:
