@@ -32,6 +32,7 @@ def response_text(protocol: Protocol, body: object) -> str:
     if not isinstance(body, dict):
         return ""
     texts: list[str] = []
+    joined: list[str] = []  # the parts a client joins with nothing between them
     if protocol == protocols.OPENAI_CHAT:
         for choice in fields.as_list(body.get("choices")):
             if isinstance(choice, dict):
@@ -41,13 +42,30 @@ def response_text(protocol: Protocol, body: object) -> str:
             text = fields.anthropic_block_text(block)
             if text:
                 texts.append(text)
+                if isinstance(block, dict) and block.get("type") == "text":
+                    joined.append(text)
     elif protocol == protocols.OPENAI_RESPONSES:
         for item in fields.as_list(body.get("output")):
             texts.extend(text for _, _, text in fields.responses_item_texts(item))
+            joined.extend(_output_texts(item))
     elif protocol in (protocols.OLLAMA_CHAT, protocols.OLLAMA_GENERATE):
         texts.extend(text for _, text in fields.ollama_texts(
             body, protocol == protocols.OLLAMA_CHAT))
+    # openai's `response.output_text` joins every output_text part, and
+    # `"".join(b.text for b in message.content if b.type == "text")` every text block, with
+    # nothing between them: a phrase the parts split is whole there (red team, round 5)
+    if len(joined) > 1:
+        texts.append("".join(joined))
     return SEPARATOR.join(texts)
+
+
+def _output_texts(item: object) -> list[str]:
+    """The `output_text` parts of a Responses message item (what `output_text` joins)."""
+    if not isinstance(item, dict) or item.get("type") != "message":
+        return []
+    return [part["text"] for part in fields.as_list(item.get("content"))
+            if isinstance(part, dict) and part.get("type") == "output_text"
+            and isinstance(part.get("text"), str) and part["text"]]
 
 
 def with_hidden(text: str, hidden: list[str]) -> str:

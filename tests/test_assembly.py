@@ -799,7 +799,7 @@ RESPONSE_TEXTS: list[tuple[str, Protocol, object, str]] = [
                   {"message": {"content": [None, {"type": "text", "text": 7}]}}]}, ""),
     ("chat: choices not a list", protocols.OPENAI_CHAT, {"choices": {"0": "x"}}, ""),
     ("anthropic: thinking and text blocks", protocols.ANTHROPIC_MESSAGES, ANTHROPIC_MESSAGE,
-     "hmm\n\nHi! My name is Claude.\n\nMore."),
+     "hmm\n\nHi! My name is Claude.\n\nMore.\n\nHi! My name is Claude.More."),  # (and joined)
     ("anthropic: no content", protocols.ANTHROPIC_MESSAGES, {"content": []}, ""),
     ("anthropic: wrong shapes", protocols.ANTHROPIC_MESSAGES,
      {"content": [None, "text", {"type": "text"}, {"type": 1, "text": "x"}]}, ""),
@@ -807,7 +807,7 @@ RESPONSE_TEXTS: list[tuple[str, Protocol, object, str]] = [
     ("responses: reasoning summary, output_text and refusal of messages",
      protocols.OPENAI_RESPONSES, RESPONSES_RESPONSE,
      "thinking\n\nThe image depicts a scenic landscape.\n\nI won't describe the faces."
-     "\n\nSecond."),
+     "\n\nSecond.\n\nThe image depicts a scenic landscape.Second."),  # (output_text's view)
     ("responses: no output", protocols.OPENAI_RESPONSES, {"output": []}, ""),
     ("responses: wrong shapes", protocols.OPENAI_RESPONSES,
      {"output": [None, {"type": "message", "content": "x"},
@@ -1268,3 +1268,17 @@ def test_parts_close_when_the_next_of_their_group_begins(
     for key, answer in adds:
         texts.add(key, "abc", answer)
     assert (texts.closed, texts.resumed) == (closed, resumed)
+
+
+@pytest.mark.parametrize(("protocol", "body"), [
+    (protocols.ANTHROPIC_MESSAGES, {"content": [{"type": "text", "text": HEAD},
+                                                {"type": "text", "text": TAIL}]}),
+    (protocols.OPENAI_RESPONSES, {"output": [
+        {"type": "message", "content": [{"type": "output_text", "text": HEAD}]},
+        {"type": "message", "content": [{"type": "output_text", "text": TAIL}]}]}),
+])
+def test_a_phrase_split_between_parts_of_a_json_answer_is_whole(protocol: Protocol,
+                                                                 body: object) -> None:
+    """openai's `response.output_text` and a `"".join` of Anthropic text blocks join the parts
+    with nothing between them: that joining is screened too."""
+    assert HEAD + TAIL in response_text(protocol, body)
