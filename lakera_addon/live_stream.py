@@ -141,8 +141,11 @@ class LiveStream:
         verdict: Verdict | None = None
         try:
             while True:
-                upto, text = tap.requested_chars, tap.text
-                parts = screen_budget.window_parts(text, tap.clean_chars,
+                upto, text, views, covered = (tap.requested_chars, tap.text, tap.views(),
+                                              tap.part_chars)
+                # past max_screen_bytes, each part where it grew (a part that grows after a
+                # later one lies before an offset in the whole text: red-team round 4)
+                parts = screen_budget.window_views(text, views, tap.clean_parts,
                                                    settings.max_screen_bytes)
                 verdict = await self.verdicts.lakera.screen_parts(
                     settings, [[{"role": "assistant", "content": p}] for p in parts])
@@ -154,7 +157,7 @@ class LiveStream:
                     return
                 if decision.outcome == "flagged":
                     return  # flagged, but nothing blocks: no more windows; the final scan logs it
-                if not tap.scanned(upto):
+                if not tap.scanned(upto, covered):
                     return
         except Exception as e:  # a bug must not let a stream run on unscreened
             flow = self._flow()

@@ -35,6 +35,7 @@ from lakera_addon.assembly import incomplete
 from lakera_addon.failures import Failure
 from lakera_addon.failures import FailureKind
 from lakera_addon.protocols import Protocol
+from lakera_addon.stream_events import Key
 from lakera_addon.stream_framing import GeminiBoundary
 from lakera_addon.stream_framing import last_event_end
 from lakera_addon.stream_framing import last_line_end
@@ -79,6 +80,7 @@ class LiveTap:
         self.in_flight = False
         self.requested_chars = 0  # text length when the newest scan was asked for
         self.clean_chars = 0  # text length covered by the last clean verdict
+        self.clean_parts: dict[Key, int] = {}  # and each part's and view's (window_views)
         self.sent_chars = 0  # text length the client had when the ending went out
         # what went out to the client, when it is to be kept (`keep_sent`, for mitmweb's view:
         # mitmproxy's store_streamed_bodies keeps nothing of a stream the client left early)
@@ -166,10 +168,13 @@ class LiveTap:
         self.requested_chars = self._assembler.chars
         return True
 
-    def scanned(self, chars: int) -> bool:
-        """A clean verdict for the text up to `chars`; True if the next window is already due
-        (the caller then scans again at once, on the newest text)."""
+    def scanned(self, chars: int, parts: dict[Key, int] | None = None) -> bool:
+        """A clean verdict for the text up to `chars` (and `parts`: each part's and view's
+        length it covered); True if the next window is already due (the caller then scans
+        again at once, on the newest text)."""
         self.clean_chars = max(self.clean_chars, chars)
+        for key, length in (parts or {}).items():
+            self.clean_parts[key] = max(self.clean_parts.get(key, 0), length)
         self.in_flight = False
         if self.window_due() and not self.ended:
             self.in_flight = True
@@ -211,6 +216,14 @@ class LiveTap:
     def text(self) -> str:
         """All the text read so far: what is screened."""
         return self._assembler.text if self._failure is None else ""
+
+    def views(self) -> list[tuple[Key, str]]:
+        """The parts and views of `text` (Texts.views), with what each counts in part_chars."""
+        return self._assembler.views() if self._failure is None else []
+
+    @property
+    def part_chars(self) -> dict[Key, int]:
+        return dict(self._assembler.part_chars)
 
     @property
     def answer_text(self) -> str:

@@ -132,13 +132,3 @@ def pack(texts: Sequence[str], limit: int) -> list[str]:
     if current:
         packed.append(SEPARATOR.join(current))
     return packed
-
-
-def window_parts(text: str, clean_chars: int, limit: int) -> list[str]:
-    """What to screen of a growing answer (`stream_mode: live`): all of it while it fits
-    one call; past that, the text from a little before the end of the last clean window
-    (`clean_chars`), in parts that each fit."""
-    parts = split_text(text, limit)
-    if len(parts) == 1:
-        return parts
-    return split_text(text[max(0, clean_chars - PART_OVERLAP_BYTES):], limit)
