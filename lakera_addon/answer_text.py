@@ -59,13 +59,15 @@ def response_text(protocol: Protocol, body: object) -> str:
     return SEPARATOR.join(texts)
 
 
+_OUTPUT_TEXT: Final = {"output_text": "text"}
+
+
 def _output_texts(item: object) -> list[str]:
     """The `output_text` parts of a Responses message item (what `output_text` joins)."""
     if not isinstance(item, dict) or item.get("type") != "message":
         return []
-    return [part["text"] for part in fields.as_list(item.get("content"))
-            if isinstance(part, dict) and part.get("type") == "output_text"
-            and isinstance(part.get("text"), str) and part["text"]]
+    texts = (fields.part_text(part, _OUTPUT_TEXT) for part in fields.as_list(item.get("content")))
+    return [text for text in texts if text]
 
 
 def with_hidden(text: str, hidden: list[str]) -> str:

@@ -141,11 +141,10 @@ class LiveStream:
         verdict: Verdict | None = None
         try:
             while True:
-                upto, text, views, covered = (tap.requested_chars, tap.text, tap.views(),
-                                              tap.part_chars)
+                upto, text, covered = tap.requested_chars, tap.text, tap.part_chars
                 # past max_screen_bytes, each part where it grew (a part that grows after a
                 # later one lies before an offset in the whole text: red-team round 4)
-                parts = screen_budget.window_views(text, views, tap.clean_parts,
+                parts = screen_budget.window_views(text, tap.views, tap.clean_parts,
                                                    settings.max_screen_bytes)
                 verdict = await self.verdicts.lakera.screen_parts(
                     settings, [[{"role": "assistant", "content": p}] for p in parts])

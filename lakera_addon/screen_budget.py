@@ -14,6 +14,7 @@ Sizes are UTF-8 bytes of the text (a lone surrogate, which JSON allows, counts a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,19 +100,20 @@ def batches(messages: Sequence[Message], limit: int) -> list[list[Message]] | No
 
 
 
-def window_views(text: str, views: Sequence[tuple[Key, str]], clean: Mapping[Key, int],
-                 limit: int) -> list[str]:
+def window_views(text: str, views: Callable[[], Sequence[tuple[Key, str]]],
+                 clean: Mapping[Key, int], limit: int) -> list[str]:
     """What to screen of a growing answer (`stream_mode: windowed`): all of `text` while it
     fits one call; past that, of each of its views (the parts, the snapshots, the answer in
     the order it came: Texts.views) the text from a little before where the clean scans
     reached in it (`clean`: each view's length they covered), in parts that each fit. Each
     view is counted on its own, so a part that grows after a later one (interleaved choices
-    or blocks, reasoning after the answer) is screened where it grew."""
+    or blocks, reasoning after the answer) is screened where it grew. `views` is called only
+    then: joining every part again is work a text that fits does not need."""
     parts = split_text(text, limit)
     if len(parts) == 1:
         return parts
     slices = [view[max(0, clean.get(key, 0) - PART_OVERLAP_BYTES):]
-              for key, view in views if len(view) > clean.get(key, 0)]
+              for key, view in views() if len(view) > clean.get(key, 0)]
     return pack(slices, limit) or parts[-1:]  # (nothing new: a scan is only asked after growth)
 
 

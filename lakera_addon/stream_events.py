@@ -132,7 +132,6 @@ class Texts:
         self._extra_set: set[str] = set()
         self._measured: dict[Key, tuple[int, int]] = {}  # key -> (pieces measured, length)
         self.chars = 0  # the length of all of it, kept as it grows
-        self.answer_chars = 0
         # the answer's pieces and the others' in the order they came (ARRIVAL, OTHER_ARRIVAL;
         # windowed.py: a cut ending repeats the answer's of the events the client has)
         self._answer_view = _ArrivalView(ARRIVAL)
@@ -158,7 +157,6 @@ class Texts:
         if self._group_of is not None:
             self._follow(key)
         if answer:
-            self.answer_chars += len(text)
             self.answer_keys.add(key)
         kind = self._answer_view if answer else self._other_view
         for view in (kind, self._all_view):
@@ -217,6 +215,11 @@ class Texts:
             length += sum(map(len, pieces[counted:]))
             self._measured[key] = (len(pieces), length)
         return length
+
+    @property
+    def answer_chars(self) -> int:
+        """The length of the visible answer's deltas so far."""
+        return self._answer_view.chars
 
     @property
     def arrival_chars(self) -> int:

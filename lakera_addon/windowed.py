@@ -224,7 +224,7 @@ class WindowedRelease:
     def _scan(self, upto: int) -> _Scan:
         settings = self.state.settings
         assembler = self._assembler
-        parts = screen_budget.window_views(assembler.text, assembler.views(), self.clean_parts,
+        parts = screen_budget.window_views(assembler.text, assembler.views, self.clean_parts,
                                            settings.max_screen_bytes)
         self.scans += 1
         task = asyncio.ensure_future(self.verdicts.lakera.screen_parts(

@@ -253,7 +253,7 @@ def test_past_the_limit_a_window_screens_each_part_where_it_grew() -> None:
 
     def window() -> list[str]:
         assert tap.take_window()
-        parts = window_views(tap.text, tap.views(), tap.clean_parts, 4096)
+        parts = window_views(tap.text, tap.views, tap.clean_parts, 4096)
         tap.scanned(tap.requested_chars, tap.part_chars)  # clean
         return parts
 

@@ -152,7 +152,7 @@ def test_past_the_limit_a_part_is_screened_where_it_grew(
     assembler.feed(first)
     clean = _clean_after(assembler)
     assembler.feed(then)
-    parts = window_views(assembler.text, assembler.views(), clean, 4096)
+    parts = window_views(assembler.text, assembler.views, clean, 4096)
     assert any(LATE in part for part in parts), [p[:80] for p in parts]
     assert all(len(part.encode()) <= 4096 for part in parts)
 
@@ -164,7 +164,7 @@ def test_past_the_limit_a_part_that_did_not_grow_is_not_screened_again() -> None
     assembler.feed(_chat(content=FILLER) + _chat(reasoning_content="thinking "))
     clean = _clean_after(assembler)
     assembler.feed(_chat(reasoning_content=LATE))
-    parts = window_views(assembler.text, assembler.views(), clean, 4096)
+    parts = window_views(assembler.text, assembler.views, clean, 4096)
     assert parts == ["thinking " + LATE + "\n\n"  # (both fit one call)
                      + assembler.views()[-1][1][len(FILLER) + 9 - 2000:]]
 
@@ -176,7 +176,7 @@ def test_past_the_limit_slices_of_many_parts_are_packed_into_few_calls() -> None
     assembler.feed(b"".join(_chat_choice(i, "a" * 30) for i in range(200)))
     clean = _clean_after(assembler)
     assembler.feed(b"".join(_chat_choice(i, "b" * 30) for i in range(200)))
-    parts = window_views(assembler.text, assembler.views(), clean, 4096)
+    parts = window_views(assembler.text, assembler.views, clean, 4096)
     assert all(len(part.encode()) <= 4096 for part in parts)
     assert len(parts) <= 4 + len(assembler.text.encode()) // 4096
     assert sum(part.count("a" * 30 + "b" * 30) for part in parts) >= 200  # every choice's
@@ -195,4 +195,4 @@ def test_pack_table(texts: list[str], limit: int, packed: list[str]) -> None:
 def test_within_the_limit_the_whole_text_is_screened() -> None:
     assembler = StreamAssembler(protocols.OPENAI_CHAT)
     assembler.feed(_chat(content="Hello") + _chat(reasoning_content=LATE))
-    assert window_views(assembler.text, assembler.views(), {}, 4096) == [assembler.text]
+    assert window_views(assembler.text, assembler.views, {}, 4096) == [assembler.text]
